@@ -1,0 +1,36 @@
+# digitpairs: the front door. `make help` lists the targets.
+# Everything runs in the virtual environment .venv (enter it with `source .venv/bin/activate`).
+
+PY      ?= .venv/bin/python
+VENV    := .venv
+STAMP   := $(VENV)/.install-stamp
+ARGS    ?=
+SWEEP   ?=
+
+.PHONY: help install train test sweep study report tensorboard bench clean
+
+help:  ## list the targets
+	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
+	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
+	@touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the project (offline; quick when done already)
+
+train: install  ## train ws_aux for 50 epochs on real MNIST pairs (ARGS="model=convnet ...")
+	$(PY) train.py model=ws_aux $(ARGS)
+
+test: install  ## run the test suite
+	$(PY) -m pytest -q $(ARGS)
+
+sweep: install  ## a multirun: make sweep ARGS="optim.lr1=0.01,0.09 loss.alpha=0.5,0.75"
+	$(PY) train.py -m $(ARGS)
+
+tensorboard: install  ## TensorBoard on every run and sweep under outputs/
+	$(VENV)/bin/tensorboard --logdir outputs
+
+clean:  ## remove run outputs and caches (keeps .venv)
+	rm -rf outputs/runs outputs/multirun .pytest_cache
+	find . -name __pycache__ -prune -exec rm -rf {} +

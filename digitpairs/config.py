@@ -1,0 +1,60 @@
+"""Config plumbing at the edge: the project root resolver and checks of group choices.
+
+This module imports neither torch nor Lightning, so ``train.py`` can check its command
+line in well under a second.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from digitpairs.errors import ConfigError
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = PROJECT_ROOT / "conf"
+CHECKED_GROUPS = ("model", "data", "optim", "loss", "trainer", "logger", "callbacks", "experiment")
+
+
+def register_resolvers() -> None:
+    """Register ``${project_root:}``: the folder holding ``train.py`` and ``conf/``.
+
+    Data and output paths are resolved against it, not against the working directory
+    (DESIGN §6). Safe to call more than once.
+    """
+    if not OmegaConf.has_resolver("project_root"):
+        OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+
+
+def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:
+    """The selectable options of a config group: ``conf/<group>/*.yaml`` not starting with ``_``."""
+    return sorted(p.stem for p in (conf_dir / group).glob("*.yaml") if not p.stem.startswith("_"))
+
+
+def check_group_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None:
+    """Check ``group=option`` command-line overrides (sweeps included) before Hydra runs.
+
+    Args:
+        overrides: command-line arguments, e.g. ``["-m", "model=ws,foo", "optim.lr1=0.1"]``.
+
+    Raises:
+        ConfigError: naming the group, the unknown option and the allowed options, e.g.
+            ``model='foo' is not allowed: expected one of aux, convnet, ws, ws_aux``.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    args = [a for a in overrides if "=" in a and not a.startswith("-")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(args)
+    except Exception:  # a malformed override: Hydra reports it itself, with its position
+        return
+    for override in parsed:
+        group = override.key_or_group
+        if group not in CHECKED_GROUPS or override.is_delete() or override.package:
+            continue
+        allowed = group_options(group, conf_dir)
+        values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]
+        for value in values:
+            if value is not None and str(value) not in allowed:
+                raise ConfigError(group, str(value), f"one of {', '.join(allowed)} (files in conf/{group}/)")

@@ -1,0 +1,241 @@
+"""LightningModules: one small base with what all models share, one subclass per model.
+
+=========== ====================== ===================================================
+model=      class                  training loss
+=========== ====================== ===================================================
+convnet     ConvNetModule          gamma * CE(main)
+ws          WSModule               gamma * CE(main)            (digit heads unsupervised)
+ws_aux      WSAuxModule            gamma * CE(main) + alpha * (CE(digit1) + CE(digit2))
+aux         WSAuxModule(weight_sharing=False)   the same loss, one trunk per digit
+=========== ====================== ===================================================
+
+All constructors take plain numbers, strings and booleans, so a checkpoint restores with
+``WSAuxModule.load_from_checkpoint(path)`` and no extra arguments.
+
+Optimiser (the study's recipe, DESIGN §3): SGD, ``lr1`` for the first
+``floor(switch_fraction * max_epochs)`` epochs, then ``lr2``; stepped per epoch.
+"""
+
+from __future__ import annotations
+
+import math
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchmetrics import SumMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from digitpairs.errors import ConfigError, RunFailed
+from digitpairs.nets import ConvNet, TwoBranchNet
+
+# Evaluation loaders (stage, loader name) -> prefix of their logged metrics. The "curve"
+# loader is the test set evaluated after each epoch for the Fig. 2 curves only.
+EVAL_PREFIX = {
+    ("val", "val"): "val/",
+    ("val", "curve"): "curve/test_",
+    ("test", "train"): "final/train_",
+    ("test", "val"): "final/val_",
+    ("test", "test"): "final/test_",
+}
+EVAL_KEYS = [f"{stage}_{name}" for stage, name in EVAL_PREFIX]
+
+
+def _accuracy(num_classes: int) -> MulticlassAccuracy:
+    return MulticlassAccuracy(num_classes=num_classes, average="micro")
+
+
+class PairModule(L.LightningModule):
+    """What every pair model shares: metrics, evaluation, optimiser, scheduler, logging.
+
+    Subclasses set ``self.net`` and implement :meth:`losses`. ``forward(x)`` takes
+    ``float32 (B, 2, 14, 14)`` and returns ``(logits float32 (B, 2), digit_logits
+    float32 (B, 2, 10) or None)``.
+
+    Logged (the learning rate as ``lr-SGD`` by Lightning's ``LearningRateMonitor``):
+    ``train/loss`` and each ``train/loss_*`` term, ``train/acc`` (per epoch); ``val/{acc,loss}`` and ``curve/test_{acc,loss}`` (per epoch, when those
+    loaders exist); ``final/{train,val,test}_{acc,loss,errors}`` (after training, by
+    ``trainer.test``); and for aux models ``*digit_acc``, the accuracy of the digit
+    heads over both digits of every pair.
+
+    Args:
+        lr1: SGD learning rate for the first part of training (0.09 in the study).
+        lr2: learning rate after the switch (1e-3 in the study).
+        weight_decay: SGD weight decay (5e-4 in the study).
+        switch_fraction: share of ``max_epochs`` trained with ``lr1`` (3/5 in the study).
+        momentum: SGD momentum (0 in the study).
+        gamma: weight of the main (comparison) loss (1 in the study).
+        literal_softmax: feed softmax outputs to cross-entropy, as Table 1 literally
+            reads (a double softmax; off by default, see DESIGN §2).
+        channels_last: run convolutions in channels-last memory format (same results,
+            1.3-1.8x faster on CPU).
+
+    Raises:
+        ConfigError: a learning rate <= 0, ``gamma``/``weight_decay``/``momentum`` < 0,
+            or ``switch_fraction`` outside [0, 1].
+    """
+
+    has_aux = False
+
+    def __init__(
+        self,
+        lr1: float = 0.09,
+        lr2: float = 1e-3,
+        weight_decay: float = 5e-4,
+        switch_fraction: float = 0.6,
+        momentum: float = 0.0,
+        gamma: float = 1.0,
+        literal_softmax: bool = False,
+        channels_last: bool = True,
+    ) -> None:
+        super().__init__()
+        for key, value in (("optim.lr1", lr1), ("optim.lr2", lr2)):
+            if not value > 0:
+                raise ConfigError(key, value, "a number > 0")
+        for key, value in (("loss.gamma", gamma), ("optim.weight_decay", weight_decay), ("optim.momentum", momentum)):
+            if not value >= 0:
+                raise ConfigError(key, value, "a number >= 0")
+        if not 0.0 <= switch_fraction <= 1.0:
+            raise ConfigError("optim.switch_fraction", switch_fraction, "a number in [0, 1]")
+        self.save_hyperparameters(logger=False)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.train_acc = _accuracy(2)
+        # One metric object per stage and loader (DESIGN §6).
+        self.eval_acc = nn.ModuleDict({key: _accuracy(2) for key in EVAL_KEYS})
+        self.eval_errors = nn.ModuleDict({key: SumMetric() for key in EVAL_KEYS})
+        if self.has_aux:
+            self.eval_digit_acc = nn.ModuleDict({key: _accuracy(10) for key in EVAL_KEYS})
+
+    # ---- what subclasses provide -------------------------------------------------
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        raise NotImplementedError
+
+    def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
+        """The weighted loss terms; their sum is minimised. Keys become ``train/loss_<key>``."""
+        return {"main": self.hparams.gamma * self._ce(logits, target)}
+
+    def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if self.hparams.literal_softmax:
+            logits = logits.softmax(dim=-1)  # Table 1 as printed: softmax, then CE's log-softmax
+        return F.cross_entropy(logits, target)
+
+    # ---- training ----------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        x, target, classes = batch
+        logits, digit_logits = self(x)
+        terms = self.losses(logits, digit_logits, target, classes)
+        loss = sum(terms.values())
+        n = len(target)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n)
+        for name, term in terms.items():
+            self.log(f"train/loss_{name}", term, on_step=False, on_epoch=True, batch_size=n)
+        self.train_acc(logits.argmax(dim=1), target)
+        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
+        return loss
+
+    def on_train_epoch_end(self) -> None:
+        loss = self.trainer.callback_metrics.get("train/loss")
+        if loss is not None and not torch.isfinite(loss):
+            raise RunFailed(f"train/loss is {loss.item()} at epoch {self.current_epoch}: the run diverged")
+
+    # ---- evaluation --------------------------------------------------------------
+    def _eval_step(self, batch, stage: str, dataloader_idx: int, loaders) -> None:
+        """Update and log the metrics of one evaluation batch; Lightning reduces per epoch."""
+        name = list(loaders)[dataloader_idx] if isinstance(loaders, dict) else "val"
+        key, prefix = f"{stage}_{name}", EVAL_PREFIX[stage, name]
+        x, target, classes = batch
+        logits, digit_logits = self(x)
+        preds, n = logits.argmax(dim=1), len(target)
+        log = dict(on_step=False, on_epoch=True, add_dataloader_idx=False, batch_size=n)
+        self.eval_acc[key](preds, target)
+        self.log(f"{prefix}acc", self.eval_acc[key], **log)
+        self.log(f"{prefix}loss", self._ce(logits, target), **log)
+        if stage == "test":
+            self.eval_errors[key](preds != target)
+            self.log(f"{prefix}errors", self.eval_errors[key], **log)
+        if self.has_aux:
+            self.eval_digit_acc[key](digit_logits.argmax(dim=2).flatten(), classes.flatten())
+            self.log(f"{prefix}digit_acc", self.eval_digit_acc[key], **log)
+
+    def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "val", dataloader_idx, self.trainer.val_dataloaders)
+
+    def test_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._eval_step(batch, "test", dataloader_idx, self.trainer.test_dataloaders)
+
+    # ---- optimiser ---------------------------------------------------------------
+    def configure_optimizers(self):
+        hp = self.hparams
+        switch = math.floor(hp.switch_fraction * self.trainer.max_epochs)
+        opt = torch.optim.SGD(self.parameters(), lr=hp.lr1, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[switch], gamma=hp.lr2 / hp.lr1)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+class ConvNetModule(PairModule):
+    """Model ``convnet``: one Table 1 ConvNet on the pair as 2 channels, 2 logits.
+
+    91,406 parameters. Loss ``gamma * CE(main)``. Arguments: see :class:`PairModule`.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.net = ConvNet(c_in=2, k=2).to(memory_format=self.memory_format)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """``(B, 2, 14, 14)`` -> ``(logits (B, 2), None)``."""
+        return self.net(x.contiguous(memory_format=self.memory_format)), None
+
+
+class WSModule(PairModule):
+    """Model ``ws``: weight sharing. One ConvNet maps each digit to 10 logits; the
+    comparator MLP compares their softmax outputs (Table 1).
+
+    103,128 parameters with weight sharing, 195,054 without. Loss ``gamma * CE(main)``;
+    the digit logits are returned but not trained on.
+
+    Args:
+        weight_sharing: one trunk for both digits (True) or one per digit.
+        **kwargs: see :class:`PairModule`.
+    """
+
+    def __init__(self, weight_sharing: bool = True, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.save_hyperparameters(logger=False)
+        self.net = TwoBranchNet(weight_sharing=weight_sharing).to(memory_format=self.memory_format)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``."""
+        return self.net(x)
+
+
+class WSAuxModule(WSModule):
+    """Models ``ws_aux`` (weight sharing on) and ``aux`` (off): :class:`WSModule` plus an
+    auxiliary digit-classification loss on each branch.
+
+    Loss ``gamma * CE(main) + alpha * (CE(digit1) + CE(digit2))`` (the study: alpha 0.75,
+    gamma 1); each term is logged as ``train/loss_main``, ``train/loss_digit1``,
+    ``train/loss_digit2`` (already weighted).
+
+    Args:
+        alpha: weight of each auxiliary loss, >= 0.
+        weight_sharing, **kwargs: see :class:`WSModule` and :class:`PairModule`.
+
+    Raises:
+        ConfigError: ``alpha`` < 0 (and see :class:`PairModule`).
+    """
+
+    has_aux = True
+
+    def __init__(self, alpha: float = 0.75, weight_sharing: bool = True, **kwargs) -> None:
+        if not alpha >= 0:
+            raise ConfigError("loss.alpha", alpha, "a number >= 0")
+        super().__init__(weight_sharing=weight_sharing, **kwargs)
+        self.save_hyperparameters(logger=False)
+
+    def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
+        terms = super().losses(logits, digit_logits, target, classes)
+        for i in (0, 1):
+            terms[f"digit{i + 1}"] = self.hparams.alpha * self._ce(digit_logits[:, i], classes[:, i])
+        return terms

@@ -1,0 +1,111 @@
+"""The networks of the study (Table 1), as plain ``nn.Module``s.
+
+Every network returns **logits**; the losses apply ``log_softmax`` themselves (see
+DESIGN §2 for the two errors of the printed table that this corrects).
+
+Parameter counts (checked by the tests)::
+
+    ConvNet(2, 2)                          91,406   model=convnet
+    TwoBranchNet(weight_sharing=True)     103,128   model=ws, model=ws_aux
+    TwoBranchNet(weight_sharing=False)    195,054   model=aux
+
+Shapes: a batch of pairs is ``float32 (B, 2, 14, 14)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def _mlp_block(n_in: int, n_out: int, p_drop: float) -> list[nn.Module]:
+    """Linear -> ReLU -> BatchNorm1d -> Dropout, the hidden block of Table 1."""
+    return [nn.Linear(n_in, n_out), nn.ReLU(), nn.BatchNorm1d(n_out), nn.Dropout(p_drop)]
+
+
+class ConvNet(nn.Sequential):
+    """The ConvNet trunk of Table 1 of the study: the backbone of every model.
+
+    Layers (for ``c_in`` input channels and ``k`` outputs)::
+
+        Conv2d(c_in, 32, 3) -> MaxPool2d(2) -> ReLU          32 x 6 x 6
+        Conv2d(32, 64, 3)   -> MaxPool2d(2) -> ReLU          64 x 2 x 2
+        Flatten -> Linear(256, 200) -> ReLU -> BatchNorm1d -> Dropout(p)
+                   Linear(200, 100) -> ReLU -> BatchNorm1d -> Dropout(p)
+                   Linear(100, k)
+
+    Args:
+        c_in: input channels (2 for the pair as channels, 1 for one digit).
+        k: number of output logits (2 for the comparison, 10 for a digit).
+        p_drop: dropout probability of the two hidden blocks (0.2 in the study).
+
+    Input ``float32 (B, c_in, 14, 14)``; output ``float32 (B, k)`` logits. ``B`` must be
+    at least 2 in train mode (BatchNorm1d).
+
+    Raises:
+        ValueError: if ``c_in`` or ``k`` is below 1, or ``p_drop`` is outside [0, 1).
+    """
+
+    def __init__(self, c_in: int, k: int, p_drop: float = 0.2) -> None:
+        if c_in < 1 or k < 1:
+            raise ValueError(f"ConvNet: c_in={c_in} and k={k} must both be >= 1")
+        if not 0.0 <= p_drop < 1.0:
+            raise ValueError(f"ConvNet: p_drop={p_drop} must lie in [0, 1)")
+        super().__init__(
+            nn.Conv2d(c_in, 32, kernel_size=3),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, kernel_size=3),
+            nn.MaxPool2d(2),
+            nn.ReLU(),
+            nn.Flatten(),
+            *_mlp_block(256, 200, p_drop),
+            *_mlp_block(200, 100, p_drop),
+            nn.Linear(100, k),
+        )
+
+
+class Comparator(nn.Sequential):
+    """The comparator MLP of Table 1: two digits' 10 probabilities -> 2 logits.
+
+    ``Linear(20, 150) -> ReLU -> BN -> Dropout -> Linear(150, 50) -> ReLU -> BN ->
+    Dropout -> Linear(50, 2)``.
+
+    Input ``float32 (B, 20)`` (the two branches' softmax outputs, concatenated);
+    output ``float32 (B, 2)`` logits, class 1 meaning "first digit <= second".
+    """
+
+    def __init__(self, p_drop: float = 0.2) -> None:
+        super().__init__(*_mlp_block(20, 150, p_drop), *_mlp_block(150, 50, p_drop), nn.Linear(50, 2))
+
+
+class TwoBranchNet(nn.Module):
+    """Map each digit of a pair to 10 digit logits, then compare them with an MLP.
+
+    With ``weight_sharing=True`` one :class:`ConvNet` (``c_in=1, k=10``) processes both
+    digits (models ``ws`` and ``ws_aux``); with ``False`` each digit has its own
+    ConvNet (model ``aux``, the fourth cell of the study's 2x2 design). Each branch is
+    called on its own batch of ``B`` digits, as in the study, so that BatchNorm sees
+    per-branch statistics.
+
+    Args:
+        weight_sharing: one trunk for both digits (True) or one trunk per digit.
+        p_drop: dropout probability in trunk and comparator (0.2 in the study).
+
+    ``forward(x)`` takes ``float32 (B, 2, 14, 14)`` and returns ``(logits, digit_logits)``:
+    ``float32 (B, 2)`` comparison logits and ``float32 (B, 2, 10)`` digit logits of the
+    first and second digit. The comparator's input is ``softmax(digit_logits)``.
+    """
+
+    def __init__(self, weight_sharing: bool = True, p_drop: float = 0.2) -> None:
+        super().__init__()
+        self.weight_sharing = weight_sharing
+        self.branch1 = ConvNet(1, 10, p_drop)
+        self.branch2 = self.branch1 if weight_sharing else ConvNet(1, 10, p_drop)
+        self.comparator = Comparator(p_drop)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        d1 = self.branch1(x[:, 0:1])
+        d2 = self.branch2(x[:, 1:2])
+        probs = torch.cat([d1.softmax(dim=1), d2.softmax(dim=1)], dim=1)
+        return self.comparator(probs), torch.stack([d1, d2], dim=1)

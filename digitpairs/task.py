@@ -1,0 +1,207 @@
+"""One training run: Hydra config -> objects -> fit -> test -> run folder.
+
+``run(cfg)`` is what ``train.py`` calls for every job of a run or a sweep. It leaves in
+the run folder (``cfg.paths.output_dir``):
+
+- ``metrics.json``: final train/val/test accuracy, test error count, digit accuracy of
+  the aux heads, seed, data source, wall time, per-epoch history, and ``status``;
+- ``checkpoints/last.ckpt``: the final model (``<Class>.load_from_checkpoint(path)``);
+- ``tensorboard/``: the TensorBoard events, HPARAMS included.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from digitpairs.errors import ConfigError, RunFailed
+
+log = logging.getLogger(__name__)
+
+# Always in the HPARAMS tab, for every model (DESIGN §6); swept keys are added to these.
+HPARAM_KEYS = (
+    "model_name", "seed", "optim.lr1", "optim.lr2", "optim.weight_decay", "optim.switch_fraction",
+    "loss.alpha", "loss.gamma", "data.n_pairs", "data.val_fraction", "data.batch_size",
+    "trainer.max_epochs", "model.literal_softmax",
+)
+HISTORY_KEYS = ("train/loss", "train/acc", "val/acc", "curve/test_acc", "lr-SGD")
+
+
+def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets our ``ConfigError`` through unwrapped."""
+    from hydra.errors import InstantiationException
+    from hydra.utils import instantiate
+
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        cause = err.__cause__
+        while cause is not None and not isinstance(cause, ConfigError):
+            cause = cause.__cause__
+        if cause is not None:
+            raise cause from None
+        raise
+
+
+def _check(cfg: DictConfig) -> None:
+    """Checks of keys that no constructor owns for every model."""
+    if not cfg.loss.alpha >= 0:  # convnet and ws ignore alpha, but a negative one is still wrong
+        raise ConfigError("loss.alpha", cfg.loss.alpha, "a number >= 0")
+    if cfg.threads is not None and not (isinstance(cfg.threads, int) and cfg.threads >= 1):
+        raise ConfigError("threads", cfg.threads, "null (torch's default) or an integer >= 1")
+    if not (isinstance(cfg.trainer.max_epochs, int) and cfg.trainer.max_epochs >= 1):
+        raise ConfigError("trainer.max_epochs", cfg.trainer.max_epochs, "an integer >= 1")
+
+
+def _quiet_lightning_console() -> None:
+    """Under Hydra's logging, keep Lightning's messages to one copy and drop its ads."""
+    root, lightning_log = logging.getLogger(), logging.getLogger("lightning")
+    if root.handlers:
+        lightning_log.handlers.clear()  # the root (Hydra) handlers print and file them
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in str(r.msg))
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.14, harmless
+
+
+def hparams(cfg: DictConfig, overrides: list[str], source: str) -> dict[str, Any]:
+    """The flat hyperparameters shown in TensorBoard's HPARAMS tab.
+
+    ``HPARAM_KEYS`` plus every key set on the command line or by the sweeper (so every
+    swept key appears), plus ``data.source`` as resolved. Values are plain scalars.
+    """
+    keys = list(HPARAM_KEYS)
+    for item in overrides:
+        key = item.split("=", 1)[0].lstrip("+~")
+        if not key.startswith("hydra") and key not in keys:
+            keys.append(key)
+    out: dict[str, Any] = {}
+    for key in keys:
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, DictConfig):  # a group choice such as model=ws: see model_name
+            continue
+        out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+    out["data.source"] = source
+    return out
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write ``payload`` as JSON (``nan`` becomes ``null``), atomically."""
+    clean = json.loads(json.dumps(payload, default=str).replace("NaN", "null"))
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(clean, indent=2))
+    tmp.replace(path)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Train and test one model as ``cfg`` says; return what goes into ``metrics.json``.
+
+    Order: check the config and build the data (pools, pairs) and the model, so that bad
+    input fails before any training; then fit, test the final model, save the
+    checkpoint and ``metrics.json``.
+
+    Raises:
+        ConfigError: bad input, before training starts.
+        RunFailed: the run diverged (non-finite training loss).
+    """
+    import lightning as L
+    import torch
+
+    from digitpairs.callbacks import EpochHistory
+
+    start = time.perf_counter()  # the job's wall time, without the once-per-process imports
+    _check(cfg)
+    _quiet_lightning_console()
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    out_dir = Path(cfg.paths.output_dir)
+    root = Path(cfg.data.root)
+    root = root if root.is_absolute() else Path(cfg.paths.root) / root
+    L.seed_everything(cfg.seed, workers=True, verbose=False)
+    datamodule = _instantiate(cfg.data, root=str(root))
+    model = _instantiate(cfg.model)
+    datamodule.setup()  # loads pools and draws pairs: errors here still come before training
+    log.info("data source: %s (data.source=%s)", datamodule.resolved_source, cfg.data.source)
+
+    history = EpochHistory(HISTORY_KEYS)
+    callbacks = [history] + [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    loggers = [_instantiate(c) for c in (cfg.get("logger") or {}).values()]
+    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    overrides = list(cfg.get("overrides") or [])
+    trainer.fit(model, datamodule=datamodule)
+    final = {k: v for per_loader in trainer.test(model, datamodule=datamodule, verbose=False) for k, v in per_loader.items()}
+    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(ckpt, weights_only=False)
+
+    nan = math.nan
+    metrics: dict[str, Any] = {
+        "status": "ok",
+        "model": cfg.get("model_name"),
+        "seed": cfg.seed,
+        "source": datamodule.resolved_source,
+        "train_acc": final.get("final/train_acc", nan),
+        "val_acc": final.get("final/val_acc", nan),
+        "test_acc": final.get("final/test_acc", nan),
+        "test_errors": int(final.get("final/test_errors", -1)),
+        "n_train": len(datamodule.sets["train"]),
+        "n_val": datamodule.n_val,
+        "n_test": len(datamodule.sets["test"]),
+        "digit_acc": {k: final.get(f"final/{k}_digit_acc", nan) for k in ("train", "val", "test")}
+        if model.has_aux else None,
+        "epochs": trainer.current_epoch,
+        "normalisation": {"mean": datamodule.mean, "std": datamodule.std},
+        "overrides": overrides,
+        "checkpoint": str(ckpt.relative_to(out_dir)),
+        "history": history.history,
+    }
+    hp = hparams(cfg, overrides, datamodule.resolved_source)
+    for lg in trainer.loggers:
+        lg.log_hyperparams(hp, metrics={f"hp/{k}": metrics[k] for k in ("train_acc", "val_acc", "test_acc")})
+        lg.save()
+    metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
+    write_json(out_dir / "metrics.json", metrics)
+    log.info(
+        "%s seed=%s source=%s: test accuracy %.2f%% (%d errors in %d), val %.2f%%, train %.2f%%, %.1f s",
+        metrics["model"], cfg.seed, metrics["source"], 100 * metrics["test_acc"], metrics["test_errors"],
+        metrics["n_test"], 100 * metrics["val_acc"], 100 * metrics["train_acc"], metrics["wall_time_s"],
+    )
+    return metrics
+
+
+def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
+    """:func:`train` with failures reported the project's way.
+
+    A bad config or a failed run writes ``metrics.json`` with ``status`` ``"invalid"``
+    or ``"failed"`` and the one-line ``error``. In a single run it then exits non-zero
+    (2 for bad input, 1 for a failed run) with that line on stderr; in a multirun it
+    returns, so the sweep goes on and its summary records the job as failed.
+    """
+    import sys
+
+    start = time.perf_counter()
+    try:
+        return train(cfg)
+    except (ConfigError, RunFailed) as err:
+        status, code = ("invalid", 2) if isinstance(err, ConfigError) else ("failed", 1)
+        message = f"{type(err).__name__}: {err}"
+    except Exception as err:  # noqa: BLE001 - in a sweep, one broken job must not lose the others
+        if not multirun:
+            raise
+        status, code, message = "failed", 1, f"{type(err).__name__}: {err}"
+    record = {
+        "status": status, "error": message, "model": cfg.get("model_name"), "seed": cfg.get("seed"),
+        "overrides": list(cfg.get("overrides") or []), "wall_time_s": round(time.perf_counter() - start, 3),
+    }
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", record)
+    if not multirun:
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(code)
+    log.error("job failed: %s", message)
+    return record

@@ -1,0 +1,35 @@
+"""Train one model on pairs of MNIST digits, or sweep many with ``-m``.
+
+    python train.py model=ws_aux                       # one run (see conf/train.yaml)
+    python train.py -m optim.lr1=0.01,0.09 seed=0,1    # a sweep (multirun)
+    python train.py --help                             # every config group and key
+
+Each run leaves a folder under outputs/ (metrics.json, checkpoint, TensorBoard events).
+"""
+
+import sys
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig
+
+from digitpairs.config import check_group_choices, register_resolvers
+from digitpairs.errors import ConfigError
+
+
+@hydra.main(version_base="1.3", config_path="conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    from digitpairs.task import run  # imports torch and Lightning: once per worker, not per job
+
+    metrics = run(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
+    return metrics.get("test_acc")
+
+
+if __name__ == "__main__":
+    register_resolvers()
+    try:
+        check_group_choices(sys.argv[1:])
+    except ConfigError as err:
+        sys.exit(f"error: {err}")
+    main()
