@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
 
-from digitpairs.errors import ConfigError
+from digitpairs.errors import ConfigError, require_number
 
 log = logging.getLogger(__name__)
 
@@ -254,14 +254,10 @@ class PairDataModule(L.LightningDataModule):
         super().__init__()
         if source not in SOURCES:
             raise ConfigError("data.source", source, f"one of {', '.join(SOURCES)}")
-        if not 0.0 <= val_fraction < 1.0:
-            raise ConfigError("data.val_fraction", val_fraction, "a number in [0, 1)")
-        if batch_size < 1:
-            raise ConfigError("data.batch_size", batch_size, "an integer >= 1")
-        if eval_batch_size < 1:
-            raise ConfigError("data.eval_batch_size", eval_batch_size, "an integer >= 1")
-        if n_pairs < 1:
-            raise ConfigError("data.n_pairs", n_pairs, "an integer >= 1")
+        require_number("data.val_fraction", val_fraction, 0, high=1)
+        require_number("data.batch_size", batch_size, 1, integer=True)
+        require_number("data.eval_batch_size", eval_batch_size, 1, integer=True)
+        require_number("data.n_pairs", n_pairs, 1, integer=True)
         n_val = round(val_fraction * n_pairs)
         if val_fraction > 0 and not 1 <= n_val < n_pairs:
             raise ConfigError("data.val_fraction", val_fraction, f"a share of data.n_pairs={n_pairs} leaving >= 1 pair on each side")

@@ -23,3 +23,32 @@ class ConfigError(ValueError):
 
 class RunFailed(RuntimeError):
     """A run that started but cannot give a valid result (for example a NaN loss)."""
+
+
+def require_number(
+    key: str, value: Any, low: float, *, strict: bool = False, high: float | None = None,
+    high_strict: bool = True, integer: bool = False,
+) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is a number in the allowed range.
+
+    Args:
+        key: the config key, for the message.
+        value: what was given (a string from the command line is refused, not compared).
+        low: the lower bound; ``strict`` makes it exclusive (``> low``) instead of ``>= low``.
+        high: an optional upper bound, exclusive unless ``high_strict`` is False.
+        integer: require an ``int`` (``bool`` is refused).
+
+    Raises:
+        ConfigError: naming ``key``, ``value`` and the allowed range.
+    """
+    kind = "an integer" if integer else "a number"
+    allowed = f"{kind} {'>' if strict else '>='} {low}"
+    if high is not None:
+        allowed = f"{kind} in {'(' if strict else '['}{low}, {high}{')' if high_strict else ']'}"
+    ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
+    if not ok_type or isinstance(value, bool):
+        raise ConfigError(key, value, allowed)
+    if not (value > low if strict else value >= low):  # also refuses nan
+        raise ConfigError(key, value, allowed)
+    if high is not None and not (value < high if high_strict else value <= high):
+        raise ConfigError(key, value, allowed)

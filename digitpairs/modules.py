@@ -27,7 +27,7 @@ from torch import nn
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from digitpairs.errors import ConfigError, RunFailed
+from digitpairs.errors import RunFailed, require_number
 from digitpairs.nets import ConvNet, TwoBranchNet
 
 # Evaluation loaders (stage, loader name) -> prefix of their logged metrics. The "curve"
@@ -90,14 +90,12 @@ class PairModule(L.LightningModule):
         channels_last: bool = True,
     ) -> None:
         super().__init__()
-        for key, value in (("optim.lr1", lr1), ("optim.lr2", lr2)):
-            if not value > 0:
-                raise ConfigError(key, value, "a number > 0")
-        for key, value in (("loss.gamma", gamma), ("optim.weight_decay", weight_decay), ("optim.momentum", momentum)):
-            if not value >= 0:
-                raise ConfigError(key, value, "a number >= 0")
-        if not 0.0 <= switch_fraction <= 1.0:
-            raise ConfigError("optim.switch_fraction", switch_fraction, "a number in [0, 1]")
+        require_number("optim.lr1", lr1, 0, strict=True)
+        require_number("optim.lr2", lr2, 0, strict=True)
+        require_number("optim.weight_decay", weight_decay, 0)
+        require_number("optim.momentum", momentum, 0)
+        require_number("optim.switch_fraction", switch_fraction, 0, high=1, high_strict=False)
+        require_number("loss.gamma", gamma, 0)
         self.save_hyperparameters(logger=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.train_acc = _accuracy(2)
@@ -229,8 +227,7 @@ class WSAuxModule(WSModule):
     has_aux = True
 
     def __init__(self, alpha: float = 0.75, weight_sharing: bool = True, **kwargs) -> None:
-        if not alpha >= 0:
-            raise ConfigError("loss.alpha", alpha, "a number >= 0")
+        require_number("loss.alpha", alpha, 0)
         super().__init__(weight_sharing=weight_sharing, **kwargs)
         self.save_hyperparameters(logger=False)
 

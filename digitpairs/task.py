@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from digitpairs.errors import ConfigError, RunFailed
+from digitpairs.errors import ConfigError, RunFailed, require_number
 
 log = logging.getLogger(__name__)
 
@@ -52,12 +52,11 @@ def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
 
 def _check(cfg: DictConfig) -> None:
     """Checks of keys that no constructor owns for every model."""
-    if not cfg.loss.alpha >= 0:  # convnet and ws ignore alpha, but a negative one is still wrong
-        raise ConfigError("loss.alpha", cfg.loss.alpha, "a number >= 0")
-    if cfg.threads is not None and not (isinstance(cfg.threads, int) and cfg.threads >= 1):
-        raise ConfigError("threads", cfg.threads, "null (torch's default) or an integer >= 1")
-    if not (isinstance(cfg.trainer.max_epochs, int) and cfg.trainer.max_epochs >= 1):
-        raise ConfigError("trainer.max_epochs", cfg.trainer.max_epochs, "an integer >= 1")
+    require_number("loss.alpha", cfg.loss.alpha, 0)  # convnet and ws ignore alpha; a negative one is still wrong
+    if cfg.threads is not None:
+        require_number("threads", cfg.threads, 1, integer=True)
+    require_number("seed", cfg.seed, 0, integer=True)
+    require_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True)
 
 
 def _quiet_lightning_console() -> None:
@@ -188,7 +187,7 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         return train(cfg)
     except (ConfigError, RunFailed) as err:
         status, code = ("invalid", 2) if isinstance(err, ConfigError) else ("failed", 1)
-        message = f"{type(err).__name__}: {err}"
+        message = str(err) if isinstance(err, ConfigError) else f"run failed: {err}"
     except Exception as err:  # noqa: BLE001 - in a sweep, one broken job must not lose the others
         if not multirun:
             raise
