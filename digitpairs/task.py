@@ -31,7 +31,7 @@ HPARAM_KEYS = (
     "loss.alpha", "loss.gamma", "data.n_pairs", "data.val_fraction", "data.batch_size",
     "trainer.max_epochs", "model.literal_softmax",
 )
-HISTORY_KEYS = ("train/loss", "train/acc", "val/acc", "curve/test_acc", "lr-SGD")
+HISTORY_KEYS = ("train/loss", "train/loss_main", "train/acc", "val/acc", "curve/test_acc", "lr-SGD")
 
 
 def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
@@ -164,10 +164,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         lg.save()
     metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
     write_json(out_dir / "metrics.json", metrics)
+    val = "" if math.isnan(metrics["val_acc"]) else f", val {100 * metrics['val_acc']:.2f}%"
     log.info(
-        "%s seed=%s source=%s: test accuracy %.2f%% (%d errors in %d), val %.2f%%, train %.2f%%, %.1f s",
+        "%s seed=%s source=%s: test accuracy %.2f%% (%d errors in %d)%s, train %.2f%%, %.1f s",
         metrics["model"], cfg.seed, metrics["source"], 100 * metrics["test_acc"], metrics["test_errors"],
-        metrics["n_test"], 100 * metrics["val_acc"], 100 * metrics["train_acc"], metrics["wall_time_s"],
+        metrics["n_test"], val, 100 * metrics["train_acc"], metrics["wall_time_s"],
     )
     return metrics
 

@@ -1,0 +1,238 @@
+"""The study's report for any sweep folder: a table, Welch t-tests and two figures.
+
+    python -m digitpairs.report outputs/multirun/<sweep folder>
+
+Writes into the sweep folder (and runs automatically at the end of ``experiment=study``):
+
+- ``report.md``: per model (or configuration), over its runs: mean ± sample std of
+  test accuracy, a 95% confidence interval of the mean (Student t), min, median, max,
+  mean test errors, the digit accuracy of the aux heads, and the study's figure beside
+  ours; below it, Welch t-tests (``scipy.stats.ttest_ind(equal_var=False)``) between
+  every two models, and the jobs that failed.
+- ``boxplot.png``: test accuracy per model over the runs (the study's Fig. 3).
+- ``curves.png``: train loss (the comparison's cross-entropy, without aux terms, so
+  that models compare) and test accuracy per epoch, mean over runs with a ±1 std
+  band, one line per model (the study's Fig. 2). The per-epoch test accuracy comes from
+  ``data.test_curve=true`` and is drawn only; nothing is chosen with it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import statistics
+import sys
+from collections import defaultdict
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# Test accuracy (%) reported by the study over 15 runs: mean, std.
+STUDY = {"convnet": (81.37, 1.37), "ws": (88.68, 1.57), "ws_aux": (97.91, 0.36)}
+MODEL_ORDER = ["convnet", "ws", "aux", "ws_aux"]
+
+
+def _group_label(row: dict[str, Any], configs_per_model: dict[str, set[str]]) -> str:
+    """The model's name, plus its overrides when one model ran in several configurations."""
+    if len(configs_per_model[row["model"]]) == 1:
+        return row["model"]
+    extra = " ".join(o for o in row["config"].split() if not o.startswith("model="))
+    return f"{row['model']} {extra}".strip()
+
+
+def group_runs(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
+    """Successful runs grouped by model (or model + configuration), in a stable order."""
+    ok = [r for r in rows if r["status"] == "ok"]
+    configs: dict[str, set[str]] = defaultdict(set)
+    for r in ok:
+        configs[r["model"]].add(r["config"])
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for r in ok:
+        groups[_group_label(r, configs)].append(r)
+    order = {m: i for i, m in enumerate(MODEL_ORDER)}
+    return dict(sorted(groups.items(), key=lambda kv: (order.get(kv[1][0]["model"], 99), kv[0])))
+
+
+def describe(values: list[float]) -> dict[str, float]:
+    """Summary statistics of accuracies in %: n, mean, sample std, 95% CI of the mean
+    (Student t with n-1 degrees of freedom), min, median, max. ``nan`` where undefined."""
+    from scipy import stats
+
+    n = len(values)
+    mean = statistics.fmean(values)
+    std = statistics.stdev(values) if n > 1 else math.nan
+    half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
+    return {
+        "n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half,
+        "min": min(values), "median": statistics.median(values), "max": max(values),
+    }
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    """Welch's two-sided t-test of two samples: ``(t, p)``; ``nan`` with under 2 runs."""
+    from scipy import stats
+
+    if len(a) < 2 or len(b) < 2:
+        return math.nan, math.nan
+    res = stats.ttest_ind(a, b, equal_var=False)
+    return float(res.statistic), float(res.pvalue)
+
+
+def _fmt(x: float, digits: int = 2) -> str:
+    return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, list[dict[str, Any]]]) -> str:
+    sources = sorted({str(r.get("source") or "?") for r in rows if r["status"] == "ok"})
+    failed = [r for r in rows if r["status"] != "ok"]
+    lines = [
+        f"# Report: {sweep_dir.name}",
+        "",
+        f"{len(rows)} jobs: {len(rows) - len(failed)} ok, {len(failed)} failed. "
+        f"Data source: {', '.join(sources) or 'n/a'}. Test accuracy in %, over runs with fresh pairs and "
+        "weights per seed; std is the sample std; CI is the 95% Student-t interval of the mean.",
+        "",
+        "| model | runs | test acc mean ± std | 95% CI | min | median | max | test errors (mean) "
+        "| digit acc, aux heads | study (15 runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, runs in groups.items():
+        d = describe([100 * r["test_acc"] for r in runs])
+        errors = statistics.fmean(float(r["test_errors"]) for r in runs)
+        digits = [100 * r["digit_acc"] for r in runs if not math.isnan(r["digit_acc"])]
+        ref = STUDY.get(label)
+        lines.append(
+            f"| {label} | {d['n']} | {_fmt(d['mean'])} ± {_fmt(d['std'])} | [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}] "
+            f"| {_fmt(d['min'])} | {_fmt(d['median'])} | {_fmt(d['max'])} | {_fmt(errors, 1)} "
+            f"| {_fmt(statistics.fmean(digits)) if digits else '-'} | {f'{ref[0]:.2f} ± {ref[1]:.2f}' if ref else '-'} |"
+        )
+    lines += ["", "## Welch t-tests of test accuracy", ""]
+    pairs = list(combinations(groups, 2))
+    if pairs:
+        lines += ["| A | B | mean A - mean B (pp) | t | p |", "|---|---|---|---|---|"]
+        for a, b in pairs:
+            va, vb = [100 * r["test_acc"] for r in groups[a]], [100 * r["test_acc"] for r in groups[b]]
+            t, p = welch(va, vb)
+            lines.append(f"| {a} | {b} | {statistics.fmean(va) - statistics.fmean(vb):+.2f} | {_fmt(t)} | {p:.2g} |")
+    else:
+        lines.append("Only one group: nothing to compare.")
+    if failed:
+        lines += ["", "## Failed jobs", "", "| job | status | overrides | error |", "|---|---|---|---|"]
+        lines += [f"| {r['job']} | {r['status']} | `{r['overrides']}` | {r['error']} |" for r in failed]
+    lines += ["", "![test accuracy per model](boxplot.png)", "", "![training curves](curves.png)", ""]
+    return "\n".join(lines)
+
+
+def _histories(sweep_dir: Path, runs: list[dict[str, Any]], key: str) -> list[list[float]]:
+    out = []
+    for r in runs:
+        path = sweep_dir / r["job"] / "metrics.json"
+        series = json.loads(path.read_text()).get("history", {}).get(key) if path.is_file() else None
+        if series:
+            out.append([math.nan if v is None else v for v in series])
+    return out
+
+
+def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    labels = list(groups)
+    fig, ax = plt.subplots(figsize=(1.8 + 1.6 * max(len(labels), 1), 4.2))
+    data = [[100 * r["test_acc"] for r in groups[k]] for k in labels]
+    if labels:
+        ax.boxplot(data, tick_labels=labels, showmeans=True)
+        rng = np.random.default_rng(0)
+        for i, values in enumerate(data, start=1):
+            ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=10, alpha=0.6, color="tab:blue", zorder=3)
+            ref = STUDY.get(labels[i - 1])
+            if ref:
+                ax.errorbar(i + 0.3, ref[0], yerr=ref[1], fmt="D", color="tab:red", ms=5, capsize=3,
+                            label="study: mean ± std" if i == 1 or not ax.get_legend_handles_labels()[0] else None)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(loc="lower right")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(f"Test accuracy per model ({sum(map(len, data))} runs)")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "boxplot.png", dpi=120)
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for (key, ax, ylabel, scale) in (("train/loss_main", axes[0], "train loss (comparison CE)", 1), ("curve/test_acc", axes[1], "test accuracy (%)", 100)):
+        drawn = False
+        for label in labels:
+            series = _histories(sweep_dir, groups[label], key)
+            if not series:
+                continue
+            n = min(map(len, series))
+            arr = scale * np.array([s[:n] for s in series], dtype=float)
+            mean, std = np.nanmean(arr, axis=0), np.nanstd(arr, axis=0)
+            epochs = np.arange(1, n + 1)
+            ax.plot(epochs, mean, label=f"{label} ({len(series)} runs)")
+            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+            drawn = True
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(ylabel)
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend()
+        else:
+            ax.text(0.5, 0.5, f"no '{key}' history\n(test curve: data.test_curve=true)", ha="center", va="center",
+                    transform=ax.transAxes)
+    axes[0].set_yscale("log")
+    axes[0].set_title("Training loss of the comparison (mean ± std over runs)")
+    axes[1].set_title("Test accuracy per epoch (for the figure only)")
+    fig.tight_layout()
+    fig.savefig(sweep_dir / "curves.png", dpi=120)
+    plt.close(fig)
+
+
+def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> Path:
+    """Write ``report.md``, ``boxplot.png`` and ``curves.png`` into ``sweep_dir``.
+
+    Args:
+        sweep_dir: a multirun folder (job sub-folders with ``metrics.json``).
+        rows: the summary rows (:func:`digitpairs.sweep.collect`); read afresh if None,
+            and ``summary.csv`` is (re)written then.
+
+    Returns:
+        The path of ``report.md``.
+
+    Raises:
+        FileNotFoundError: if ``sweep_dir`` holds no job folders.
+    """
+    from digitpairs.sweep import write_summary
+
+    sweep_dir = Path(sweep_dir)
+    if rows is None:
+        if not sweep_dir.is_dir():
+            raise FileNotFoundError(f"sweep folder {sweep_dir} does not exist")
+        rows = write_summary(sweep_dir)
+    if not rows:
+        raise FileNotFoundError(f"no job folders (*/.hydra/overrides.yaml) in {sweep_dir}")
+    groups = group_runs(rows)
+    path = sweep_dir / "report.md"
+    path.write_text(_markdown(sweep_dir, rows, groups))
+    _plot(sweep_dir, groups)
+    log.info("report: %s (+ boxplot.png, curves.png)", path)
+    for label, runs in groups.items():
+        d = describe([100 * r["test_acc"] for r in runs])
+        log.info("  %-10s %2d runs: test accuracy %.2f ± %.2f %%", label, d["n"], d["mean"], d["std"])
+    return path
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if len(sys.argv) != 2:
+        sys.exit("usage: python -m digitpairs.report <sweep folder>")
+    try:
+        build_report(Path(sys.argv[1]))
+    except FileNotFoundError as err:
+        sys.exit(f"error: {err}")
