@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.install-stamp
 ARGS    ?=
 SWEEP   ?=
 
-.PHONY: help install train test sweep study report tensorboard bench clean
+.PHONY: help install train test sweep grid study report tensorboard bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -34,3 +34,17 @@ tensorboard: install  ## TensorBoard on every run and sweep under outputs/
 clean:  ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs/runs outputs/multirun .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
+
+PLAN ?= $(shell $(PY) -m digitpairs.plan 2>/dev/null)
+
+grid: install  ## the study's grid search for one model on the validation split (MODEL=ws_aux)
+	$(PY) train.py -m experiment=grid model=$(or $(MODEL),ws_aux) $(PLAN) $(ARGS)
+
+study: install  ## 3 models x 15 seeds x 50 epochs, then the report (ARGS="model=convnet,ws,ws_aux,aux")
+	$(PY) train.py -m experiment=study $(PLAN) $(ARGS)
+
+report: install  ## (re)build the report of a sweep: make report SWEEP=outputs/multirun/<folder>
+	$(PY) -m digitpairs.report $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multirun/*))))
+
+bench: install  ## the speed benchmark: Lightning vs bare PyTorch loops (benchmarks/speed.py)
+	$(PY) benchmarks/speed.py $(ARGS)

@@ -24,7 +24,7 @@ import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchmetrics import SumMetric
+from torchmetrics import MeanMetric, SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from digitpairs.errors import RunFailed, require_number
@@ -43,7 +43,9 @@ EVAL_KEYS = [f"{stage}_{name}" for stage, name in EVAL_PREFIX]
 
 
 def _accuracy(num_classes: int) -> MulticlassAccuracy:
-    return MulticlassAccuracy(num_classes=num_classes, average="micro")
+    # micro: the share of correct predictions (DESIGN §6). Inputs are argmax labels made
+    # here, so the per-update input validation (a costly torch.unique) is skipped.
+    return MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
 
 
 class PairModule(L.LightningModule):
@@ -53,8 +55,8 @@ class PairModule(L.LightningModule):
     ``float32 (B, 2, 14, 14)`` and returns ``(logits float32 (B, 2), digit_logits
     float32 (B, 2, 10) or None)``.
 
-    Logged (the learning rate as ``lr-SGD`` by Lightning's ``LearningRateMonitor``):
-    ``train/loss`` and each ``train/loss_*`` term, ``train/acc`` (per epoch); ``val/{acc,loss}`` and ``curve/test_{acc,loss}`` (per epoch, when those
+    Logged: ``lr``, ``train/loss`` and each ``train/loss_*`` term, ``train/acc`` (per
+    epoch); ``val/{acc,loss}`` and ``curve/test_{acc,loss}`` (per epoch, when those
     loaders exist); ``final/{train,val,test}_{acc,loss,errors}`` (after training, by
     ``trainer.test``); and for aux models ``*digit_acc``, the accuracy of the digit
     heads over both digits of every pair.
@@ -77,6 +79,7 @@ class PairModule(L.LightningModule):
     """
 
     has_aux = False
+    loss_terms: tuple[str, ...] = ("main",)  # the keys that :meth:`losses` returns
 
     def __init__(
         self,
@@ -99,6 +102,7 @@ class PairModule(L.LightningModule):
         self.save_hyperparameters(logger=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.train_acc = _accuracy(2)
+        self.train_loss = nn.ModuleDict({name: MeanMetric(nan_strategy="disable") for name in self.loss_terms})
         # One metric object per stage and loader (DESIGN §6).
         self.eval_acc = nn.ModuleDict({key: _accuracy(2) for key in EVAL_KEYS})
         self.eval_errors = nn.ModuleDict({key: SumMetric() for key in EVAL_KEYS})
@@ -123,19 +127,25 @@ class PairModule(L.LightningModule):
         x, target, classes = batch
         logits, digit_logits = self(x)
         terms = self.losses(logits, digit_logits, target, classes)
-        loss = sum(terms.values())
+        # Accumulate on the device and log once per epoch: a self.log call per step costs
+        # about 1 ms in Lightning 2.6, and a host sync per step would stall a GPU.
         n = len(target)
-        self.log("train/loss", loss, on_step=False, on_epoch=True, batch_size=n)
         for name, term in terms.items():
-            self.log(f"train/loss_{name}", term, on_step=False, on_epoch=True, batch_size=n)
-        self.train_acc(logits.argmax(dim=1), target)
-        self.log("train/acc", self.train_acc, on_step=False, on_epoch=True, batch_size=n)
-        return loss
+            self.train_loss[name].update(term.detach(), weight=n)
+        self.train_acc.update(logits.detach().argmax(dim=1), target)
+        return sum(terms.values())
+
+    def on_train_epoch_start(self) -> None:
+        self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
-        loss = self.trainer.callback_metrics.get("train/loss")
-        if loss is not None and not torch.isfinite(loss):
-            raise RunFailed(f"train/loss is {loss.item()} at epoch {self.current_epoch}: the run diverged")
+        terms = {f"train/loss_{name}": metric.compute() for name, metric in self.train_loss.items()}
+        total = sum(terms.values())
+        if not torch.isfinite(total):
+            raise RunFailed(f"train/loss is {total.item()} at epoch {self.current_epoch}: the run diverged")
+        self.log_dict({"train/loss": total, **terms, "train/acc": self.train_acc.compute()}, on_step=False, on_epoch=True)
+        for metric in (*self.train_loss.values(), self.train_acc):
+            metric.reset()
 
     # ---- evaluation --------------------------------------------------------------
     def _eval_step(self, batch, stage: str, dataloader_idx: int, loaders) -> None:
@@ -225,6 +235,7 @@ class WSAuxModule(WSModule):
     """
 
     has_aux = True
+    loss_terms = ("main", "digit1", "digit2")
 
     def __init__(self, alpha: float = 0.75, weight_sharing: bool = True, **kwargs) -> None:
         require_number("loss.alpha", alpha, 0)

@@ -23,6 +23,7 @@ import logging
 import math
 import statistics
 import sys
+import warnings
 from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
@@ -173,10 +174,13 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
                 continue
             n = min(map(len, series))
             arr = scale * np.array([s[:n] for s in series], dtype=float)
-            mean, std = np.nanmean(arr, axis=0), np.nanstd(arr, axis=0)
+            with warnings.catch_warnings():  # epochs that no run evaluated stay nan
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, std = np.nanmean(arr, axis=0), np.nanstd(arr, axis=0)
             epochs = np.arange(1, n + 1)
-            ax.plot(epochs, mean, label=f"{label} ({len(series)} runs)")
-            ax.fill_between(epochs, mean - std, mean + std, alpha=0.2)
+            keep = np.isfinite(mean)  # the test curve may be evaluated every k epochs only
+            ax.plot(epochs[keep], mean[keep], marker="." if not keep.all() else None, label=f"{label} ({len(series)} runs)")
+            ax.fill_between(epochs[keep], (mean - std)[keep], (mean + std)[keep], alpha=0.2)
             drawn = True
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
