@@ -90,10 +90,20 @@ def hparams(cfg: DictConfig, overrides: list[str], source: str) -> dict[str, Any
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON (``nan`` becomes ``null``), atomically."""
-    clean = json.loads(json.dumps(payload, default=str).replace("NaN", "null"))
+    """Write ``payload`` as JSON, atomically; float ``nan`` becomes ``null``, other
+    non-JSON values (tensors, paths) their ``str``."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and math.isnan(value):
+            return None
+        if isinstance(value, dict):
+            return {str(k): clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
     tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(clean, indent=2))
+    tmp.write_text(json.dumps(clean(payload), indent=2, default=str))
     tmp.replace(path)
 
 
