@@ -12,10 +12,13 @@ same epochs and the same torch threads are timed three ways:
   (b) bare NCHW  a plain PyTorch loop as the recipe is usually written: NCHW tensors,
                  DataLoader(TensorDataset, batch_size=100, shuffle=True);
   (c) bare fast  a plain loop with the optimisations that (a) uses: channels-last
-                 convolutions and whole batches cut from in-memory tensors.
+                 convolutions, whole batches cut from in-memory tensors, denormal
+                 floats flushed to zero, glibc malloc keeping freed memory
+                 (digitpairs/runtime.py).
 
 Each is warmed up for one epoch, then timed ``--repeats`` times over ``--epochs``
-epochs; the median is reported as pairs/s (training pairs processed per second) and
+epochs, the three ways taking turns (a, b, c, a, b, c, ...) so that a slow spell of the
+machine does not land on one way only; the median is reported as pairs/s (training pairs processed per second) and
 GFLOP/s (3 x forward FLOPs per pair, the usual estimate of forward + backward).
 """
 
@@ -80,6 +83,20 @@ def loss_fn(model: str, out, target, classes, alpha=0.75, gamma=1.0) -> torch.Te
     return loss
 
 
+def set_malloc(keep: bool) -> None:
+    """glibc malloc: keep freed memory (as the project does) or glibc's defaults."""
+    import ctypes
+
+    from digitpairs.runtime import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, keep_freed_memory
+
+    if keep:
+        keep_freed_memory()
+    else:
+        libc = ctypes.CDLL(None)
+        libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024)
+        libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024)
+
+
 def bare_loop(model: str, data: tuple, epochs: int, fast: bool, seed: int = 0):
     """A plain PyTorch training loop; returns a function that trains ``n`` epochs."""
     torch.manual_seed(seed)
@@ -102,6 +119,8 @@ def bare_loop(model: str, data: tuple, epochs: int, fast: bool, seed: int = 0):
             yield x[idx], target[idx], classes[idx]
 
     def run(n: int) -> None:
+        torch.set_flush_denormal(fast)
+        set_malloc(fast)
         net.train()
         for _ in range(n):
             for xb, tb, cb in batches():
@@ -115,7 +134,9 @@ def bare_loop(model: str, data: tuple, epochs: int, fast: bool, seed: int = 0):
 
 
 def lightning_fit(model: str, epochs: int):
-    """The project's training as train.py builds it; returns a function that fits ``n`` epochs."""
+    """The project's training as train.py builds it: the Hydra config, then
+    ``digitpairs.task.build`` (checks, data, model, Trainer) and ``trainer.fit``.
+    Returns a function that does both for ``n`` epochs (a fresh model each time)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -139,14 +160,17 @@ def lightning_fit(model: str, epochs: int):
     return run
 
 
-def timed(fn, epochs: int, repeats: int) -> float:
-    fn(1)  # warm-up: allocator, oneDNN primitives, first-call costs
-    times = []
+def timed(ways: dict, epochs: int, repeats: int) -> dict[str, float]:
+    """Median seconds per epoch of each way; the ways take turns, after a warm-up."""
+    for fn in ways.values():
+        fn(1)  # warm-up: allocator, oneDNN primitives, first-call costs
+    times: dict[str, list[float]] = {way: [] for way in ways}
     for _ in range(repeats):
-        t = time.perf_counter()
-        fn(epochs)
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for way, fn in ways.items():
+            t = time.perf_counter()
+            fn(epochs)
+            times[way].append((time.perf_counter() - t) / epochs)
+    return {way: statistics.median(ts) for way, ts in times.items()}
 
 
 def main() -> None:
@@ -182,9 +206,7 @@ def main() -> None:
                 "(c) bare fast": bare_loop(model, data, args.epochs, fast=True),
             }
             row = {"model": model, "threads": threads, "epochs": args.epochs, "pairs": n_pairs}
-            for way, fn in ways.items():
-                seconds = timed(fn, args.epochs, args.repeats)
-                row[way] = seconds / args.epochs
+            row.update(timed(ways, args.epochs, args.repeats))
             for way in ways:
                 pps = n_pairs / row[way]
                 print(f"{model:8} {threads:>7} {way:12} {row[way]:8.4f} {pps:9.0f} {pps * flops / 1e9:8.2f} "

@@ -8,37 +8,45 @@ import lightning as L
 
 
 class EpochHistory(L.Callback):
-    """Record chosen epoch-level metrics after every training epoch.
+    """Record epoch-level metrics, one value per epoch, for ``metrics.json`` and the curves.
 
-    ``history`` maps each key of ``keys`` that was logged to a list of floats, one per
-    epoch (``nan`` where an epoch did not log it). The task writes it to
-    ``metrics.json``; the report draws the study's Fig. 2 from it.
+    ``history`` maps each recorded key to a list of floats indexed by epoch, with
+    ``nan`` for epochs that did not log it (e.g. a test curve every 5 epochs).
 
     Args:
-        keys: metric names as logged, e.g. ``["train/loss", "val/acc", "curve/test_acc"]``.
+        train_keys: keys logged once per training epoch (``train/loss``, ``lr``, ...).
+        eval_keys: keys logged by the validation loop (``val/acc``, ``curve/test_acc``).
     """
 
-    def __init__(self, keys: list[str]) -> None:
-        self.keys = list(keys)
+    def __init__(self, train_keys: list[str], eval_keys: list[str]) -> None:
+        self.train_keys, self.eval_keys = list(train_keys), list(eval_keys)
         self.history: dict[str, list[float]] = {}
-        self.epochs_recorded = 0
+        self._train_epochs = 0
 
-    # Lightning calls a callback's on_train_epoch_end *before* the LightningModule's, where
-    # the training metrics are logged; so an epoch is recorded when the next one starts,
-    # and the last one when training ends.
-    def _record(self, trainer: L.Trainer) -> None:
+    def _put(self, trainer: L.Trainer, keys: list[str], epoch: int) -> None:
         metrics = trainer.callback_metrics
-        self.epochs_recorded += 1
-        for key in self.keys:
+        for key in keys:
             if key in metrics:
                 series = self.history.setdefault(key, [])
-                series.extend([math.nan] * (self.epochs_recorded - 1 - len(series)))
-                series.append(float(metrics[key]))
+                series.extend([math.nan] * (epoch + 1 - len(series)))
+                series[epoch] = float(metrics[key])
+
+    # Lightning calls a callback's on_train_epoch_end *before* the LightningModule's,
+    # where the training metrics are logged; so an epoch's training metrics are read
+    # when the next epoch starts, and the last epoch's when training ends.
+    def _record_train(self, trainer: L.Trainer) -> None:
+        self._put(trainer, self.train_keys, self._train_epochs)
+        self._train_epochs += 1
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch > self.epochs_recorded:
-            self._record(trainer)
+        if trainer.current_epoch > self._train_epochs:
+            self._record_train(trainer)
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch > self.epochs_recorded:
-            self._record(trainer)
+        if trainer.current_epoch > self._train_epochs:
+            self._record_train(trainer)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # the validation metrics of this epoch are in callback_metrics by now (fresh)
+        if not trainer.sanity_checking:
+            self._put(trainer, self.eval_keys, trainer.current_epoch)

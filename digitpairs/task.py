@@ -31,7 +31,8 @@ HPARAM_KEYS = (
     "loss.alpha", "loss.gamma", "data.n_pairs", "data.val_fraction", "data.batch_size",
     "trainer.max_epochs", "model.literal_softmax",
 )
-HISTORY_KEYS = ("train/loss", "train/loss_main", "train/acc", "val/acc", "curve/test_acc", "lr")
+TRAIN_HISTORY = ("train/loss", "train/loss_main", "train/acc", "lr")  # per epoch, into metrics.json
+EVAL_HISTORY = ("val/acc", "curve/test_acc")
 
 
 def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
@@ -56,6 +57,9 @@ def _check(cfg: DictConfig) -> None:
     if cfg.threads is not None:
         require_number("threads", cfg.threads, 1, integer=True)
     require_number("seed", cfg.seed, 0, integer=True)
+    for key in ("flush_denormal", "tune_malloc"):
+        if not isinstance(cfg.cpu[key], bool):
+            raise ConfigError(f"cpu.{key}", cfg.cpu[key], "true or false")
     require_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True)
 
 
@@ -118,14 +122,13 @@ def build(cfg: DictConfig, loggers: bool = True):
         ConfigError: bad input.
     """
     import lightning as L
-    import torch
 
     from digitpairs.callbacks import EpochHistory
+    from digitpairs.runtime import configure_cpu
 
     _check(cfg)
     _quiet_lightning_console()
-    if cfg.threads is not None:
-        torch.set_num_threads(cfg.threads)
+    configure_cpu(cfg.threads, cfg.cpu.flush_denormal, cfg.cpu.tune_malloc)
     root = Path(cfg.data.root)
     root = root if root.is_absolute() else Path(cfg.paths.root) / root
     L.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -133,7 +136,7 @@ def build(cfg: DictConfig, loggers: bool = True):
     model = _instantiate(cfg.model)
     datamodule.setup()
     log.info("data source: %s (data.source=%s)", datamodule.resolved_source, cfg.data.source)
-    history = EpochHistory(HISTORY_KEYS)
+    history = EpochHistory(TRAIN_HISTORY, EVAL_HISTORY)
     callbacks = [history] + [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     logger_list = [_instantiate(c) for c in (cfg.get("logger") or {}).values()] if loggers else []
     trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False)

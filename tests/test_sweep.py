@@ -72,16 +72,18 @@ def check_study_outputs(sweep_dir: Path, models: list[str], seeds: int) -> list[
 
 
 def test_study_multirun_leaves_summary_report_and_figures(tmp_path):
-    out = sweep(["experiment=study", "model=convnet,ws_aux", "seed=0,1", *FAST], tmp_path / "sweep")
+    out = sweep(["experiment=study", "model=convnet,ws_aux", "seed=0,1", "trainer.check_val_every_n_epoch=2", *FAST],
+                tmp_path / "sweep")
     assert out.returncode == 0, out.stderr[-3000:]
     rows = check_study_outputs(tmp_path / "sweep", ["convnet", "ws_aux"], 2)
     aux = [r for r in rows if r["model"] == "ws_aux"]
     assert all(0.5 < float(r["digit_acc"]) <= 1 for r in aux)  # the aux heads learn digits
     assert all(float(r["test_acc"]) > 0.6 for r in aux)  # well above the 55% of a constant guess
     assert all(r["digit_acc"] == "" for r in rows if r["model"] == "convnet")
-    # the per-epoch test curve is recorded for the figure
+    # the test curve is recorded for the figure every 2nd epoch, the training loss every epoch
     job = json.loads((tmp_path / "sweep" / rows[0]["job"] / "metrics.json").read_text())
-    assert len(job["history"]["curve/test_acc"]) == 4
+    assert [v is not None for v in job["history"]["curve/test_acc"]] == [False, True, False, True]
+    assert len(job["history"]["train/loss_main"]) == 4
 
 
 def test_study_multirun_with_joblib_launcher(tmp_path):
