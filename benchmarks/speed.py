@@ -98,7 +98,11 @@ def set_malloc(keep: bool) -> None:
 
 
 def bare_loop(model: str, data: tuple, epochs: int, fast: bool, seed: int = 0):
-    """A plain PyTorch training loop; returns a function that trains ``n`` epochs."""
+    """A plain PyTorch training loop; returns ``prepare(n) -> run`` (a fresh model each time)."""
+    return lambda n: _bare_loop(model, data, n, fast, seed)
+
+
+def _bare_loop(model: str, data: tuple, epochs: int, fast: bool, seed: int):
     torch.manual_seed(seed)
     fmt = torch.channels_last if fast else torch.contiguous_format
     net = make_net(model).to(memory_format=fmt)
@@ -118,11 +122,11 @@ def bare_loop(model: str, data: tuple, epochs: int, fast: bool, seed: int = 0):
             idx = perm[i : i + 100]
             yield x[idx], target[idx], classes[idx]
 
-    def run(n: int) -> None:
+    def run() -> None:
         torch.set_flush_denormal(fast)
         set_malloc(fast)
         net.train()
-        for _ in range(n):
+        for _ in range(epochs):
             for xb, tb, cb in batches():
                 loss = loss_fn(model, net(xb), tb, cb)
                 opt.zero_grad(set_to_none=True)
@@ -135,8 +139,9 @@ def bare_loop(model: str, data: tuple, epochs: int, fast: bool, seed: int = 0):
 
 def lightning_fit(model: str, epochs: int):
     """The project's training as train.py builds it: the Hydra config, then
-    ``digitpairs.task.build`` (checks, data, model, Trainer) and ``trainer.fit``.
-    Returns a function that does both for ``n`` epochs (a fresh model each time)."""
+    ``digitpairs.task.build`` (checks, data, model, Trainer). Returns ``prepare(n)``,
+    which builds all that for ``n`` epochs and returns the call to time,
+    ``trainer.fit`` (a fresh model each time)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
@@ -146,7 +151,7 @@ def lightning_fit(model: str, epochs: int):
     register_resolvers()
     GlobalHydra.instance().clear()
 
-    def run(n: int) -> None:
+    def prepare(n: int):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
             cfg = compose("train", overrides=[
                 f"model={model}", f"trainer.max_epochs={n}", "data.val_fraction=0", "data.test_curve=false",
@@ -155,20 +160,24 @@ def lightning_fit(model: str, epochs: int):
                 f"threads={torch.get_num_threads()}",
             ])
         datamodule, net, trainer, _ = build(cfg, loggers=False)
-        trainer.fit(net, datamodule=datamodule)
+        return lambda: trainer.fit(net, datamodule=datamodule)
 
-    return run
+    return prepare
 
 
 def timed(ways: dict, epochs: int, repeats: int) -> dict[str, float]:
-    """Median seconds per epoch of each way; the ways take turns, after a warm-up."""
-    for fn in ways.values():
-        fn(1)  # warm-up: allocator, oneDNN primitives, first-call costs
+    """Median seconds per epoch of each way; the ways take turns, after a warm-up.
+
+    Each way is ``prepare(n) -> run``: only ``run()`` is timed (building the model,
+    the Trainer and the config is not training)."""
+    for prepare in ways.values():
+        prepare(1)()  # warm-up: allocator, oneDNN primitives, first-call costs
     times: dict[str, list[float]] = {way: [] for way in ways}
     for _ in range(repeats):
-        for way, fn in ways.items():
+        for way, prepare in ways.items():
+            run = prepare(epochs)
             t = time.perf_counter()
-            fn(epochs)
+            run()
             times[way].append((time.perf_counter() - t) / epochs)
     return {way: statistics.median(ts) for way, ts in times.items()}
 
@@ -177,7 +186,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
     parser.add_argument("--threads", nargs="+", type=int, default=sorted({1, os.cpu_count() or 1}))
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, default=None, help="also write the results here")
     args = parser.parse_args()

@@ -27,7 +27,7 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import BatchSampler, DataLoader, RandomSampler, SequentialSampler, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
 
 from digitpairs.errors import ConfigError, require_number
 
@@ -229,6 +229,33 @@ def make_pairs(pool: Pool, n: int, generator: torch.Generator) -> tuple[torch.Te
     return pool.images[idx], (classes[:, 0] <= classes[:, 1]).long(), classes
 
 
+class IndexBatches(Sampler):
+    """Batches of indices as ``int64`` tensors, for ``DataLoader(..., batch_size=None)``.
+
+    Indexing in-memory tensors with one index tensor per batch is ~10x cheaper than
+    ``BatchSampler``'s lists of Python ints (collated sample by sample).
+
+    Args:
+        n: dataset size; batch_size: indices per batch; shuffle: a fresh permutation each
+        epoch, drawn from torch's global generator (seeded by ``seed_everything``);
+        drop_last: drop a last, shorter batch.
+    """
+
+    def __init__(self, n: int, batch_size: int, shuffle: bool, drop_last: bool = False) -> None:
+        self.n, self.batch_size, self.shuffle, self.drop_last = n, batch_size, shuffle, drop_last
+
+    def __iter__(self):
+        order = torch.randperm(self.n) if self.shuffle else torch.arange(self.n)
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return iter(batches)
+
+    def __len__(self) -> int:
+        full, rest = divmod(self.n, self.batch_size)
+        return full + (1 if rest and not self.drop_last else 0)
+
+
 class PairDataModule(L.LightningDataModule):
     """Pairs of real MNIST digits for training, validation and test (DESIGN §1).
 
@@ -309,12 +336,12 @@ class PairDataModule(L.LightningDataModule):
 
     def _loader(self, name: str, train: bool = False) -> DataLoader:
         ds = self.sets[name]
+        n = len(ds)
         if train:
-            drop_last = len(ds) % self.batch_size == 1 and len(ds) > 1
-            sampler = BatchSampler(RandomSampler(ds), self.batch_size, drop_last=drop_last)
+            sampler = IndexBatches(n, self.batch_size, shuffle=True, drop_last=n % self.batch_size == 1 and n > 1)
         else:
-            sampler = BatchSampler(SequentialSampler(ds), self.eval_batch_size, drop_last=False)
-        # batch_size=None + a BatchSampler as sampler: each batch is one tensor index.
+            sampler = IndexBatches(n, self.eval_batch_size, shuffle=False)
+        # batch_size=None: each item of the sampler is a whole batch, cut with one tensor index.
         return DataLoader(ds, sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
@@ -331,6 +358,11 @@ class PairDataModule(L.LightningDataModule):
     def test_dataloader(self) -> dict[str, DataLoader]:
         """Final evaluation, in eval mode: ``{"train", "val" (if any), "test"}``."""
         return {name: self._loader(name) for name in ("train", "val", "test") if name in self.sets}
+
+    def transfer_batch_to_device(self, batch, device: torch.device, dataloader_idx: int):
+        """Move a ``(x, target, classes)`` batch to ``device``: three ``Tensor.to`` calls
+        (no-ops on the CPU) instead of Lightning's generic walk, which cost ~0.3 ms a step."""
+        return tuple(t.to(device, non_blocking=True) for t in batch)
 
     def state_dict(self) -> dict:
         """The normalisation and the resolved source, saved in checkpoints."""

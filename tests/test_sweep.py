@@ -43,6 +43,23 @@ def report_rows(report: str) -> dict[str, list[str]]:
     return rows
 
 
+def hparams_of(job_dir: Path) -> tuple[set[str], set[str], float]:
+    """(hparam keys, declared metric tags, logged hp/test_acc) from a job's TensorBoard events."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    acc = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"scalars": 0})
+    acc.Reload()
+    keys, metrics = set(), set()
+    for content in acc.PluginTagToContent("hparams").values():
+        data = plugin_data_pb2.HParamsPluginData.FromString(content)
+        if data.HasField("session_start_info"):
+            keys |= set(data.session_start_info.hparams)
+        if data.HasField("experiment"):
+            metrics |= {m.name.tag for m in data.experiment.metric_infos}
+    return keys, metrics, acc.Scalars("hp/test_acc")[-1].value
+
+
 def check_study_outputs(sweep_dir: Path, models: list[str], seeds: int) -> list[dict[str, str]]:
     rows = read_csv(sweep_dir / "summary.csv")
     assert len(rows) == len(models) * seeds
@@ -80,6 +97,13 @@ def test_study_multirun_leaves_summary_report_and_figures(tmp_path):
     assert all(0.5 < float(r["digit_acc"]) <= 1 for r in aux)  # the aux heads learn digits
     assert all(float(r["test_acc"]) > 0.6 for r in aux)  # well above the 55% of a constant guess
     assert all(r["digit_acc"] == "" for r in rows if r["model"] == "convnet")
+    # TensorBoard's HPARAMS tab: the same flat keys for every model, swept keys included
+    by_model = {r["model"]: r for r in rows}
+    conv_keys, conv_metrics, conv_test = hparams_of(tmp_path / "sweep" / by_model["convnet"]["job"])
+    aux_keys, aux_metrics, aux_test = hparams_of(tmp_path / "sweep" / by_model["ws_aux"]["job"])
+    assert conv_keys == aux_keys and {"model_name", "seed", "optim.lr1", "loss.alpha", "data.source"} <= conv_keys
+    assert conv_metrics == aux_metrics == {"hp/train_acc", "hp/val_acc", "hp/test_acc"}
+    assert conv_test == pytest.approx(float(by_model["convnet"]["test_acc"]))
     # the test curve is recorded for the figure every 2nd epoch, the training loss every epoch
     job = json.loads((tmp_path / "sweep" / rows[0]["job"] / "metrics.json").read_text())
     assert [v is not None for v in job["history"]["curve/test_acc"]] == [False, True, False, True]
