@@ -14,13 +14,48 @@ Shapes: a batch of pairs is ``float32 (B, 2, 14, 14)``.
 
 from __future__ import annotations
 
+import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+class Dropout(nn.Module):
+    """Inverted dropout, as ``nn.Dropout(p)``, with CPU masks drawn by NumPy.
+
+    In train mode each element is zeroed with probability ``p`` and the rest scaled by
+    ``1 / (1 - p)``; in eval mode it is the identity. On the CPU the keep-mask comes
+    from NumPy's PCG64 generator: torch's CPU ``bernoulli_`` costs ~15 ns per element
+    (a scalar Mersenne twister), 7% of a ws_aux training step here, NumPy's ~4 ns. On
+    other devices it is ``F.dropout``. The generator is seeded from torch's global RNG
+    when the layer is built, so a run stays reproducible from its seed.
+
+    Args:
+        p: drop probability, in [0, 1).
+
+    Input and output: any float tensor shape.
+    """
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+        self.rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0.0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        keep = torch.from_numpy(self.rng.random(x.shape, dtype=np.float32) >= self.p)
+        return x * keep * (1.0 / (1.0 - self.p))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
 
 
 def _mlp_block(n_in: int, n_out: int, p_drop: float) -> list[nn.Module]:
     """Linear -> ReLU -> BatchNorm1d -> Dropout, the hidden block of Table 1."""
-    return [nn.Linear(n_in, n_out), nn.ReLU(), nn.BatchNorm1d(n_out), nn.Dropout(p_drop)]
+    return [nn.Linear(n_in, n_out), nn.ReLU(), nn.BatchNorm1d(n_out), Dropout(p_drop)]
 
 
 class ConvNet(nn.Sequential):

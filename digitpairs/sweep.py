@@ -146,10 +146,7 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-try:
-    from hydra.experimental.callback import Callback
-except ImportError:  # pragma: no cover - hydra is a dependency
-    Callback = object  # type: ignore[misc,assignment]
+from hydra.experimental.callback import Callback  # noqa: E402
 
 
 class SweepSummary(Callback):

@@ -19,7 +19,7 @@ from digitpairs.callbacks import EpochHistory
 from digitpairs.data import PairDataModule
 from digitpairs.errors import ConfigError
 from digitpairs.modules import ConvNetModule, WSAuxModule, WSModule
-from digitpairs.nets import Comparator, ConvNet, TwoBranchNet
+from digitpairs.nets import Comparator, ConvNet, Dropout, TwoBranchNet
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*")  # Lightning 2.6 on torch 2.14, harmless
 
@@ -58,11 +58,28 @@ def test_convnet_trunk_layers_and_parameters():
     assert shapes[:7] == [(32, 12, 12), (32, 6, 6), (32, 6, 6), (64, 4, 4), (64, 2, 2), (64, 2, 2), (256,)]
     widths = [m.num_features for m in net if isinstance(m, torch.nn.BatchNorm1d)]
     assert widths == [200, 100]  # the printed table's 200 after a 100-wide layer is corrected
-    drops = [m.p for m in net if isinstance(m, torch.nn.Dropout)]
+    drops = [m.p for m in net if isinstance(m, Dropout)]
     assert drops == [0.2, 0.2]
     for bad in ({"c_in": 0, "k": 2}, {"c_in": 1, "k": 0}, {"c_in": 1, "k": 2, "p_drop": 1.0}):
         with pytest.raises(ValueError):
             ConvNet(**bad)
+
+
+def test_dropout_is_inverted_dropout_and_reproducible():
+    torch.manual_seed(0)
+    layer = Dropout(0.2)
+    x = torch.ones(200, 500)
+    y = layer.train()(x)
+    kept = y != 0
+    assert abs(kept.float().mean().item() - 0.8) < 0.01  # 100,000 draws: 4 standard errors is 0.005
+    assert torch.allclose(y[kept], torch.full_like(y[kept], 1.25))
+    assert torch.equal(layer.eval()(x), x)
+    torch.manual_seed(0)
+    again = Dropout(0.2).train()
+    assert torch.equal(again(x), y)  # the same seed gives the same masks
+    x.requires_grad_()
+    layer.train()(x).sum().backward()
+    assert set(x.grad.unique().tolist()) == {0.0, 1.25}
 
 
 def test_two_branch_net_shares_weights_and_compares_probabilities():
