@@ -11,8 +11,8 @@ Writes into the sweep folder (and runs automatically at the end of ``experiment=
   every two models, and the jobs that failed.
 - ``boxplot.png``: test accuracy per model over the runs (the study's Fig. 3).
 - ``curves.png``: train loss (the comparison's cross-entropy, without aux terms, so
-  that models compare) and test accuracy per epoch, mean over runs with a ±1 std
-  band, one line per model (the study's Fig. 2). The per-epoch test accuracy comes from
+  that models compare; geometric mean and ±1 std of its log) and test accuracy per
+  epoch (mean, ±1 std band), one line per model (the study's Fig. 2). The per-epoch test accuracy comes from
   ``data.test_curve=true`` and is drawn only; nothing is chosen with it.
 """
 
@@ -174,13 +174,19 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
                 continue
             n = min(map(len, series))
             arr = scale * np.array([s[:n] for s in series], dtype=float)
+            log_scale = key.startswith("train/loss")  # losses span decades: mean and band in log space
+            if log_scale:
+                arr = np.log(np.clip(arr, 1e-12, None))
             with warnings.catch_warnings():  # epochs that no run evaluated stay nan
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean, std = np.nanmean(arr, axis=0), np.nanstd(arr, axis=0)
+            low, high = mean - std, mean + std
+            if log_scale:
+                mean, low, high = np.exp(mean), np.exp(low), np.exp(high)
             epochs = np.arange(1, n + 1)
             keep = np.isfinite(mean)  # the test curve may be evaluated every k epochs only
             ax.plot(epochs[keep], mean[keep], marker="." if not keep.all() else None, label=f"{label} ({len(series)} runs)")
-            ax.fill_between(epochs[keep], (mean - std)[keep], (mean + std)[keep], alpha=0.2)
+            ax.fill_between(epochs[keep], low[keep], high[keep], alpha=0.2)
             drawn = True
         ax.set_xlabel("epoch")
         ax.set_ylabel(ylabel)
@@ -191,7 +197,7 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
             ax.text(0.5, 0.5, f"no '{key}' history\n(test curve: data.test_curve=true)", ha="center", va="center",
                     transform=ax.transAxes)
     axes[0].set_yscale("log")
-    axes[0].set_title("Training loss of the comparison (mean ± std over runs)")
+    axes[0].set_title("Training loss of the comparison (geometric mean ± std)")
     axes[1].set_title("Test accuracy per epoch (for the figure only)")
     fig.tight_layout()
     fig.savefig(sweep_dir / "curves.png", dpi=120)
