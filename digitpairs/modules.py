@@ -150,7 +150,8 @@ class PairModule(L.LightningModule):
     # ---- evaluation --------------------------------------------------------------
     def _eval_step(self, batch, stage: str, dataloader_idx: int, loaders) -> None:
         """Update and log the metrics of one evaluation batch; Lightning reduces per epoch."""
-        name = list(loaders)[dataloader_idx] if isinstance(loaders, dict) else "val"
+        # the DataModule names its loaders (a dict); a plain loader counts as val or test
+        name = list(loaders)[dataloader_idx] if isinstance(loaders, dict) else stage
         key, prefix = f"{stage}_{name}", EVAL_PREFIX[stage, name]
         x, target, classes = batch
         logits, digit_logits = self(x)

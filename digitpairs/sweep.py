@@ -49,12 +49,12 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-NOT_CONFIG = ("seed=", "experiment=", "hydra")  # overrides that do not define a configuration
+NOT_CONFIG = ("seed=", "experiment=", "hydra", "threads=", "cpu.")  # not hyperparameters: seeds and run settings
 
 
 def config_key(overrides: list[str]) -> str:
-    """The configuration of a job: its overrides without ``seed``, ``experiment`` and
-    ``hydra.*``, sorted and space-joined, e.g. ``loss.alpha=0.5 model=ws_aux optim.lr1=0.09``."""
+    """The configuration of a job: its overrides without seeds and run settings
+    (``NOT_CONFIG``), sorted and space-joined, e.g. ``loss.alpha=0.5 model=ws_aux optim.lr1=0.09``."""
     return " ".join(sorted(o for o in overrides if not o.lstrip("+~").startswith(NOT_CONFIG)))
 
 
