@@ -160,9 +160,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     overrides = list(cfg.get("overrides") or [])
     trainer.fit(model, datamodule=datamodule)
-    final = {k: v for per_loader in trainer.test(model, datamodule=datamodule, verbose=False) for k, v in per_loader.items()}
     ckpt = out_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(ckpt, weights_only=False)
+    trainer.save_checkpoint(ckpt, weights_only=False)  # before testing: a trained model is never lost
+    final = {k: v for per_loader in trainer.test(model, datamodule=datamodule, verbose=False) for k, v in per_loader.items()}
 
     nan = math.nan
     metrics: dict[str, Any] = {
