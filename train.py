@@ -31,5 +31,6 @@ if __name__ == "__main__":
     try:
         check_group_choices(sys.argv[1:])
     except ConfigError as err:
-        sys.exit(f"error: {err}")
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     main()

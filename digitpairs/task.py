@@ -159,6 +159,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule, model, trainer, history = build(cfg)
     out_dir = Path(cfg.paths.output_dir)
     overrides = list(cfg.get("overrides") or [])
+    hp_keys = [f"hp/{k}" for k in ("train_acc", "val_acc", "test_acc")]
+    for lg in trainer.loggers:  # the HPARAMS tab: keys now (a failed run shows too), values at the end
+        lg.log_hyperparams(hparams(cfg, overrides, datamodule.resolved_source), metrics=dict.fromkeys(hp_keys, math.nan))
     trainer.fit(model, datamodule=datamodule)
     ckpt = out_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(ckpt, weights_only=False)  # before testing: a trained model is never lost
@@ -185,9 +188,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(ckpt.relative_to(out_dir)),
         "history": history.history,
     }
-    hp = hparams(cfg, overrides, datamodule.resolved_source)
     for lg in trainer.loggers:
-        lg.log_hyperparams(hp, metrics={f"hp/{k}": metrics[k] for k in ("train_acc", "val_acc", "test_acc")})
+        lg.log_metrics({key: metrics[key[3:]] for key in hp_keys}, step=trainer.global_step)
         lg.save()
     metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
     write_json(out_dir / "metrics.json", metrics)

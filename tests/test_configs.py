@@ -20,7 +20,7 @@ from digitpairs.data import PairDataModule
 from digitpairs.modules import ConvNetModule, WSAuxModule, WSModule
 
 MODEL_FILES = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if not p.stem.startswith("_"))
-EXPECTED = {  # option -> (class, parameters of .net, weight sharing)
+EXPECTED = {  # option -> (class, parameters of .net, weight sharing); a new model adds its line here
     "convnet": (ConvNetModule, 91_406, None),
     "ws": (WSModule, 103_128, True),
     "ws_aux": (WSAuxModule, 103_128, True),
@@ -30,8 +30,8 @@ EXPECTED = {  # option -> (class, parameters of .net, weight sharing)
 
 def test_model_group_options():
     assert CONF_DIR == PROJECT_ROOT / "conf"
-    assert set(group_options("model")) == {"aux", "convnet", "ws", "ws_aux"}
-    assert set(MODEL_FILES) == set(EXPECTED)
+    assert set(group_options("model")) == set(MODEL_FILES) == set(EXPECTED)
+    assert {"aux", "convnet", "ws", "ws_aux"} <= set(EXPECTED)
     assert set(group_options("logger")) == {"none", "tensorboard"}
 
 

@@ -209,7 +209,7 @@ def test_grid_ranks_on_validation_and_writes_best_line(tmp_path):
 
 def test_two_sweeps_started_together_get_two_folders(tmp_path):
     args = [sys.executable, "train.py", "-m", "model=convnet", "trainer.max_epochs=1", "data.n_pairs=50",
-            "data.val_fraction=0", "trainer.enable_progress_bar=false",
+            "data.val_fraction=0", "trainer.enable_progress_bar=false", "threads=1",
             f"hydra.sweep.dir={tmp_path}/" + "${now:%Y-%m-%d_%H-%M-%S-%f}"]
     procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
