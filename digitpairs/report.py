@@ -89,12 +89,14 @@ def _fmt(x: float, digits: int = 2) -> str:
 def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, list[dict[str, Any]]]) -> str:
     sources = sorted({str(r.get("source") or "?") for r in rows if r["status"] == "ok"})
     epochs = sorted({str(r.get("epochs") or "?") for r in rows if r["status"] == "ok"})
+    precision = sorted({str(r.get("precision") or "?") for r in rows if r["status"] == "ok"})
     failed = [r for r in rows if r["status"] != "ok"]
     lines = [
         f"# Report: {sweep_dir.name}",
         "",
         f"{len(rows)} jobs: {len(rows) - len(failed)} ok, {len(failed)} failed. "
         f"Data source: {', '.join(sources) or 'n/a'}. Epochs: {', '.join(epochs) or 'n/a'}. "
+        f"Precision: {', '.join(precision) or 'n/a'}. "
         "Test accuracy in %, over runs with fresh pairs and "
         "weights per seed; std is the sample std; CI is the 95% Student-t interval of the mean.",
         "",

@@ -28,7 +28,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "job", "status", "model", "seed", "source", "epochs", "config", "val_acc", "test_acc", "train_acc",
+    "job", "status", "model", "seed", "source", "epochs", "precision", "config", "val_acc", "test_acc", "train_acc",
     "test_errors", "n_test", "digit_acc", "wall_time_s", "overrides", "error",
 ]
 
@@ -76,6 +76,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
             "seed": m.get("seed", ""),
             "source": m.get("source", ""),
             "epochs": m.get("epochs", ""),
+            "precision": m.get("precision", ""),
             "config": config_key(overrides),
             "val_acc": _float(m.get("val_acc")),
             "test_acc": _float(m.get("test_acc")),

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 HPARAM_KEYS = (
     "model_name", "seed", "optim.lr1", "optim.lr2", "optim.weight_decay", "optim.switch_fraction",
     "loss.alpha", "loss.gamma", "data.n_pairs", "data.val_fraction", "data.batch_size",
-    "trainer.max_epochs", "model.literal_softmax",
+    "trainer.max_epochs", "trainer.precision", "model.literal_softmax",
 )
 TRAIN_HISTORY = ("train/loss", "train/loss_main", "train/acc", "lr")  # per epoch, into metrics.json
 EVAL_HISTORY = ("val/acc", "curve/test_acc")
@@ -183,6 +183,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "digit_acc": {k: final.get(f"final/{k}_digit_acc", nan) for k in ("train", "val", "test")}
         if model.has_aux else None,
         "epochs": trainer.current_epoch,
+        "precision": str(cfg.trainer.get("precision", "32-true")),
         "normalisation": {"mean": datamodule.mean, "std": datamodule.std},
         "overrides": overrides,
         "checkpoint": str(ckpt.relative_to(out_dir)),

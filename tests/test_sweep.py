@@ -229,3 +229,11 @@ def test_submitit_local_launcher(tmp_path):
     rows = read_csv(tmp_path / "sweep" / "summary.csv")
     assert [r["status"] for r in rows] == ["ok", "ok"]
     assert sorted(r["seed"] for r in rows) == ["0", "1"]
+
+
+def test_launch_plan():
+    from digitpairs.plan import plan
+
+    assert plan(cores=2, cuda=False, amx_bf16=False) == "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
+    assert plan(cores=2, cuda=False, amx_bf16=True).endswith(" trainer.precision=bf16-mixed")
+    assert plan(cores=16, cuda=True, amx_bf16=True) == "hydra/launcher=joblib hydra.launcher.n_jobs=4 threads=4"
