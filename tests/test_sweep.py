@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from digitpairs.report import build_report, describe, welch
+from digitpairs.report import describe, welch
 from digitpairs.sweep import best_overrides, rank
 
 ROOT = Path(__file__).resolve().parents[1]
