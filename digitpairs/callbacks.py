@@ -34,17 +34,13 @@ class EpochHistory(L.Callback):
     # Lightning calls a callback's on_train_epoch_end *before* the LightningModule's,
     # where the training metrics are logged; so an epoch's training metrics are read
     # when the next epoch starts, and the last epoch's when training ends.
-    def _record_train(self, trainer: L.Trainer) -> None:
-        self._put(trainer, self.train_keys, self._train_epochs)
-        self._train_epochs += 1
-
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def _record_finished_epoch(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.current_epoch > self._train_epochs:
-            self._record_train(trainer)
+            self._put(trainer, self.train_keys, self._train_epochs)
+            self._train_epochs += 1
 
-    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if trainer.current_epoch > self._train_epochs:
-            self._record_train(trainer)
+    on_train_epoch_start = _record_finished_epoch
+    on_train_end = _record_finished_epoch
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # the validation metrics of this epoch are in callback_metrics by now (fresh)

@@ -14,7 +14,11 @@ from digitpairs.errors import ConfigError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
-CHECKED_GROUPS = ("model", "data", "optim", "loss", "trainer", "logger", "callbacks", "experiment")
+
+
+def config_groups(conf_dir: Path = CONF_DIR) -> set[str]:
+    """The project's config groups: the folders of ``conf/`` (Hydra's own ``hydra`` excluded)."""
+    return {p.name for p in conf_dir.iterdir() if p.is_dir() and p.name != "hydra"} if conf_dir.is_dir() else set()
 
 
 def register_resolvers() -> None:
@@ -49,9 +53,10 @@ def check_group_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None
         parsed = OverridesParser.create().parse_overrides(args)
     except Exception:  # a malformed override: Hydra reports it itself, with its position
         return
+    groups = config_groups(conf_dir)
     for override in parsed:
         group = override.key_or_group
-        if group not in CHECKED_GROUPS or override.is_delete() or override.package:
+        if group not in groups or override.is_delete() or override.package:
             continue
         allowed = group_options(group, conf_dir)
         values = list(override.sweep_string_iterator()) if override.is_sweep_override() else [override.value()]

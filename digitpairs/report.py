@@ -87,9 +87,10 @@ def _fmt(x: float, digits: int = 2) -> str:
 
 
 def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, list[dict[str, Any]]]) -> str:
-    sources = sorted({str(r.get("source") or "?") for r in rows if r["status"] == "ok"})
-    epochs = sorted({str(r.get("epochs") or "?") for r in rows if r["status"] == "ok"})
-    precision = sorted({str(r.get("precision") or "?") for r in rows if r["status"] == "ok"})
+    def values(column: str) -> list[str]:
+        return sorted({str(r.get(column) or "?") for r in rows if r["status"] == "ok"})
+
+    sources, epochs, precision = values("source"), values("epochs"), values("precision")
     failed = [r for r in rows if r["status"] != "ok"]
     lines = [
         f"# Report: {sweep_dir.name}",

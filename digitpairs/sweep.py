@@ -25,6 +25,8 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from hydra.experimental.callback import Callback
+
 log = logging.getLogger(__name__)
 
 COLUMNS = [
@@ -146,9 +148,6 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     for line in lines:
         log.info("best: %s", line)
     return rows
-
-
-from hydra.experimental.callback import Callback  # noqa: E402
 
 
 class SweepSummary(Callback):

@@ -5,11 +5,7 @@ Selected in ``conf/hydra/default.yaml`` (``hydra.sweeper._target_``).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 class SampledCheckSweeper(BasicSweeper):
@@ -25,7 +21,9 @@ class SampledCheckSweeper(BasicSweeper):
     """
 
     def validate_batch_is_legal(self, batch) -> None:
-        groups = {p.name for p in CONF_DIR.iterdir() if p.is_dir()} if CONF_DIR.is_dir() else set()
+        from digitpairs.config import config_groups  # omegaconf only: cheap at Hydra's plugin scan
+
+        groups = config_groups()
         seen: set[str] = set()
         sample = []
         for overrides in batch:
