@@ -168,6 +168,9 @@ class SweepSummary(Callback):
             from digitpairs.report import build_report
 
             build_report(sweep_dir, rows)
+        from digitpairs.tboard import write_sweep_experiment
+
+        write_sweep_experiment(sweep_dir)  # TensorBoard's HPARAMS columns: the keys that vary, then the metrics
         failed = [r for r in rows if r["status"] != "ok"]
         if failed and self.fail_on_error:
             first = failed[0]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -76,19 +77,29 @@ def hparams(cfg: DictConfig, overrides: list[str], source: str) -> dict[str, Any
     """The flat hyperparameters shown in TensorBoard's HPARAMS tab.
 
     ``HPARAM_KEYS`` plus every key set on the command line or by the sweeper (so every
-    swept key appears), plus ``data.source`` as resolved. Values are plain scalars.
+    swept key appears), plus ``data.source`` as resolved. Values are plain scalars:
+    bool, int, float or str (``None`` where a key has no value). A config-group choice
+    (``experiment=study``) is its option's name; ``model=...`` is ``model_name``.
     """
-    keys = list(HPARAM_KEYS)
+    from digitpairs.config import config_groups
+    from digitpairs.tboard import override_keys
+
+    groups = config_groups()
+    choices = {}
     for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
-        if not key.startswith("hydra") and key not in keys:
-            keys.append(key)
+        key, _, value = item.partition("=")
+        if key.lstrip("+~") in groups:
+            choices[key.lstrip("+~")] = value
+    keys = list(HPARAM_KEYS) + [k for k in override_keys(overrides) if k not in HPARAM_KEYS]
     out: dict[str, Any] = {}
     for key in keys:
-        value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, DictConfig):  # a group choice such as model=ws: see model_name
+        if key in choices:
+            out[key] = choices[key]
             continue
-        out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, DictConfig):  # a group choice that is not an override: see model_name
+            continue
+        out[key] = value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
     out["data.source"] = source
     return out
 
@@ -143,7 +154,25 @@ def build(cfg: DictConfig, loggers: bool = True):
     return datamodule, model, trainer, history
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def _log_session(trainer, hp: dict[str, Any], overrides: list[str], out_dir: Path, multirun: bool, has_val: bool) -> None:
+    """The run's row of the HPARAMS tab, written before training (a failed run shows too).
+
+    In a multirun the row is named ``<job>/<model>/seed=NN`` and the sweep's experiment
+    summary is written at its end (:mod:`digitpairs.sweep`); a single run also declares its
+    own experiment: its overrides first, then the final metrics it will log.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from digitpairs.tboard import FINAL_METRICS, log_session, override_keys
+
+    metrics = [m for m in FINAL_METRICS if has_val or m != "final/val_acc"]
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):
+            name = Path(os.path.relpath(lg.log_dir, out_dir.parent if multirun else out_dir)).as_posix()
+            log_session(lg.experiment, hp, name, metrics, override_keys(overrides), experiment=not multirun)
+
+
+def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     """Train and test one model as ``cfg`` says; return what goes into ``metrics.json``.
 
     Order: :func:`build` (checks, data, model, trainer), then fit, test the final
@@ -154,14 +183,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         RunFailed: the run diverged (non-finite training loss).
     """
     import lightning  # noqa: F401  - imported before the clock starts: paid once per process
+    import torch
 
     start = time.perf_counter()  # the job's wall time, without the once-per-process imports
     datamodule, model, trainer, history = build(cfg)
     out_dir = Path(cfg.paths.output_dir)
     overrides = list(cfg.get("overrides") or [])
-    hp_keys = [f"hp/{k}" for k in ("train_acc", "val_acc", "test_acc")]
-    for lg in trainer.loggers:  # the HPARAMS tab: keys now (a failed run shows too), values at the end
-        lg.log_hyperparams(hparams(cfg, overrides, datamodule.resolved_source), metrics=dict.fromkeys(hp_keys, math.nan))
+    hp = hparams(cfg, overrides, datamodule.resolved_source)
+    _log_session(trainer, hp, overrides, out_dir, multirun, datamodule.n_val > 0)
     trainer.fit(model, datamodule=datamodule)
     ckpt = out_dir / "checkpoints" / "last.ckpt"
     trainer.save_checkpoint(ckpt, weights_only=False)  # before testing: a trained model is never lost
@@ -184,13 +213,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if model.has_aux else None,
         "epochs": trainer.current_epoch,
         "precision": str(cfg.trainer.get("precision", "32-true")),
+        "threads": torch.get_num_threads(),  # the same seed, threads and machine give the same numbers
         "normalisation": {"mean": datamodule.mean, "std": datamodule.std},
         "overrides": overrides,
         "checkpoint": str(ckpt.relative_to(out_dir)),
         "history": history.history,
+        "hparams": hp,
     }
     for lg in trainer.loggers:
-        lg.log_metrics({key: metrics[key[3:]] for key in hp_keys}, step=trainer.global_step)
         lg.save()
     metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
     write_json(out_dir / "metrics.json", metrics)
@@ -215,7 +245,7 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
 
     start = time.perf_counter()
     try:
-        return train(cfg)
+        return train(cfg, multirun)
     except (ConfigError, RunFailed) as err:
         status, code = ("invalid", 2) if isinstance(err, ConfigError) else ("failed", 1)
         message = str(err) if isinstance(err, ConfigError) else f"run failed: {err}"
