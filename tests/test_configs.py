@@ -79,7 +79,7 @@ def test_data_trainer_logger_and_callbacks_instantiate(compose_cfg, tmp_path):
     assert callbacks[0].monitor == "val/acc" and callbacks[0].mode == "max"
     loggers = [instantiate(c) for c in cfg.logger.values()]
     assert [type(lg) for lg in loggers] == [TensorBoardLogger]
-    assert Path(loggers[0].log_dir) == tmp_path / "run" / "tensorboard"
+    assert Path(loggers[0].log_dir) == tmp_path / "run" / "ws_aux" / "seed=07"  # TensorBoard run <model>/seed=NN
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     assert isinstance(trainer, L.Trainer)
     assert trainer.max_epochs == 3 and trainer.default_root_dir == str(tmp_path / "run")
