@@ -64,13 +64,31 @@ def _check(cfg: DictConfig) -> None:
     require_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True)
 
 
-def _quiet_lightning_console() -> None:
-    """Under Hydra's logging, keep Lightning's messages to one copy and drop its ads."""
+def _quiet_lightning_console(quiet: bool = False) -> None:
+    """Under Hydra's logging, keep Lightning's messages to one copy and drop its ads.
+
+    ``quiet`` (the jobs of a sweep) also drops its INFO lines ("GPU available: False",
+    "TPU available", "`Trainer.fit` stopped"), which would repeat for every job.
+    """
     root, lightning_log = logging.getLogger(), logging.getLogger("lightning")
     if root.handlers:
         lightning_log.handlers.clear()  # the root (Hydra) handlers print and file them
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in str(r.msg))
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero.addFilter(lambda r: "Tip:" not in str(r.msg))
+    rank_zero.setLevel(logging.WARNING if quiet else logging.NOTSET)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.14, harmless
+    # Lightning's SLURM hint when `srun` is on PATH: runs here are not srun tasks (#10 launches SLURM jobs)
+    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
+
+
+def progress_bar_shown(requested: bool, stream=None) -> bool:
+    """Whether to draw Lightning's progress bar: only when asked for and ``stream``
+    (default ``sys.stderr``, where tqdm writes) is a terminal. In a file, every refresh
+    would be a line (87.5 KB for a default run)."""
+    import sys
+
+    stream = sys.stderr if stream is None else stream
+    return bool(requested) and hasattr(stream, "isatty") and stream.isatty()
 
 
 def hparams(cfg: DictConfig, overrides: list[str], source: str) -> dict[str, Any]:
@@ -122,23 +140,25 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def build(cfg: DictConfig, loggers: bool = True):
+def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     """Check ``cfg`` and build ``(datamodule, model, trainer, history)`` as a run uses them.
 
     The pools are loaded and the pairs drawn here (``datamodule.setup()``), so that bad
     input fails before any training. ``loggers=False`` leaves the loggers out (the speed
-    benchmark times ``trainer.fit`` without disk I/O).
+    benchmark times ``trainer.fit`` without disk I/O). ``quiet`` drops Lightning's INFO
+    lines (a sweep's jobs). When the progress bar is asked for but the output is not a
+    terminal, a log line every tenth of the epochs replaces it (:class:`EpochLog`).
 
     Raises:
         ConfigError: bad input.
     """
     import lightning as L
 
-    from digitpairs.callbacks import EpochHistory
+    from digitpairs.callbacks import EpochHistory, EpochLog
     from digitpairs.runtime import configure_cpu
 
     _check(cfg)
-    _quiet_lightning_console()
+    _quiet_lightning_console(quiet)
     configure_cpu(cfg.threads, cfg.cpu.flush_denormal, cfg.cpu.tune_malloc)
     root = Path(cfg.data.root)
     root = root if root.is_absolute() else Path(cfg.paths.root) / root
@@ -149,8 +169,12 @@ def build(cfg: DictConfig, loggers: bool = True):
     log.info("data source: %s (data.source=%s)", datamodule.resolved_source, cfg.data.source)
     history = EpochHistory(TRAIN_HISTORY, EVAL_HISTORY)
     callbacks = [history] + [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    requested = cfg.trainer.get("enable_progress_bar", True)
+    bar = progress_bar_shown(requested)
+    if requested and not bar:
+        callbacks.append(EpochLog(history, every=math.ceil(cfg.trainer.max_epochs / 10)))
     logger_list = [_instantiate(c) for c in (cfg.get("logger") or {}).values()] if loggers else []
-    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False)
+    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False, enable_progress_bar=bar)
     return datamodule, model, trainer, history
 
 
@@ -186,7 +210,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     import torch
 
     start = time.perf_counter()  # the job's wall time, without the once-per-process imports
-    datamodule, model, trainer, history = build(cfg)
+    datamodule, model, trainer, history = build(cfg, quiet=multirun)
     out_dir = Path(cfg.paths.output_dir)
     overrides = list(cfg.get("overrides") or [])
     hp = hparams(cfg, overrides, datamodule.resolved_source)

@@ -39,7 +39,7 @@ def get(url: str, body: dict | None = None):
 
 @pytest.fixture(scope="module")
 def served_sweep(tmp_path_factory):
-    """(base URL, sweep folder): the sweep above, with TensorBoard serving it."""
+    """(base URL, sweep folder, sweep output): the sweep above, with TensorBoard serving it."""
     sweep_dir = tmp_path_factory.mktemp("tb") / "sweep"
     out = subprocess.run([sys.executable, "train.py", "-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}"],
                          cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240)
@@ -57,14 +57,14 @@ def served_sweep(tmp_path_factory):
             except OSError:
                 pass
             time.sleep(0.5)
-        yield base, sweep_dir
+        yield base, sweep_dir, out.stdout + out.stderr
     finally:
         os.kill(server.pid, signal.SIGTERM)
         server.wait(timeout=20)
 
 
 def test_runs_are_named_by_job_model_and_seed(served_sweep):
-    base, sweep_dir = served_sweep
+    base, sweep_dir, _ = served_sweep
     runs = get(f"{base}/data/runs")
     # the root run "." holds the sweep's experiment summary; job folders sort as numbers
     assert sorted(runs) == [".", "000/convnet/seed=00", "001/convnet/seed=01", "002/ws/seed=00", "003/ws/seed=01"]
@@ -72,7 +72,7 @@ def test_runs_are_named_by_job_model_and_seed(served_sweep):
 
 
 def test_hparams_tab_opens_on_the_varied_keys_then_the_metrics(served_sweep):
-    base, _ = served_sweep
+    base, _, _ = served_sweep
     exp = get(f"{base}/data/plugin/hparams/experiment", {"experimentName": "", "includeMetrics": True})
     infos = exp["hparamInfos"]
     assert [i["name"] for i in infos] == ["model_name", "seed"]  # what the sweep varied; nothing constant
@@ -84,7 +84,7 @@ def test_hparams_tab_opens_on_the_varied_keys_then_the_metrics(served_sweep):
 
 
 def test_session_groups_hold_each_run_with_its_values(served_sweep):
-    base, sweep_dir = served_sweep
+    base, sweep_dir, _ = served_sweep
     statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
     groups = get(f"{base}/data/plugin/hparams/session_groups",
                  {"experimentName": "", "allowedStatuses": statuses, "colParams": [], "startIndex": 0,
@@ -106,10 +106,17 @@ def test_session_groups_hold_each_run_with_its_values(served_sweep):
 
 
 def test_scalars_have_one_place_for_each_final_number_and_no_placeholder(served_sweep):
-    base, _ = served_sweep
+    base, _, _ = served_sweep
     tags = get(f"{base}/data/plugin/scalars/tags")
     run_tags = tags["000/convnet/seed=00"]
     assert not [t for t in run_tags if t.startswith("hp/")]  # no NaN placeholders, no copy of the final numbers
     assert {"final/test_acc", "final/train_acc", "train/loss", "lr"} <= set(run_tags)
     points = get(f"{base}/data/plugin/scalars/scalars?run=000/convnet/seed%3D00&tag=final/test_acc")
     assert len(points) == 1 and points[0][2] == points[0][2]  # one point, not NaN
+
+
+def test_sweep_jobs_leave_lightnings_info_lines_out(served_sweep):
+    text = served_sweep[2]
+    assert "test accuracy" in text  # each job's own result line is there
+    for line in ("GPU available", "TPU available", "`Trainer.fit` stopped", "srun"):
+        assert line not in text
