@@ -277,7 +277,7 @@ class PairDataModule(L.LightningDataModule):
         n_pairs: pairs drawn for training (from the train pool) and for test (from the
             test pool); 1000 in the study.
         val_fraction: share of the training pairs held out for validation, in [0, 1).
-        batch_size: training batch size (100 in the study). If the last batch of an
+        batch_size: training batch size, >= 2 (100 in the study). If the last batch of an
             epoch would hold a single pair, that pair is dropped for that epoch (it
             would crash BatchNorm1d); a different pair each epoch, as batches are shuffled.
         eval_batch_size: batch size for validation and test.
@@ -288,6 +288,8 @@ class PairDataModule(L.LightningDataModule):
     Raises:
         ConfigError: for a bad ``source``, ``val_fraction``, ``batch_size``,
             ``eval_batch_size`` or ``n_pairs`` (the last when :meth:`setup` sees the pool).
+            BatchNorm1d cannot train on a batch of one pair, so ``batch_size`` must be >= 2
+            and at least 2 pairs must be left for training.
     """
 
     def __init__(
@@ -305,12 +307,15 @@ class PairDataModule(L.LightningDataModule):
         if source not in SOURCES:
             raise ConfigError("data.source", source, f"one of {', '.join(SOURCES)}")
         require_number("data.val_fraction", val_fraction, 0, high=1)
-        require_number("data.batch_size", batch_size, 1, integer=True)
+        require_number("data.batch_size", batch_size, 2, integer=True)  # BatchNorm1d trains on >= 2 samples
         require_number("data.eval_batch_size", eval_batch_size, 1, integer=True)
         require_number("data.n_pairs", n_pairs, 1, integer=True)
         n_val = round(val_fraction * n_pairs)
-        if val_fraction > 0 and not 1 <= n_val < n_pairs:
-            raise ConfigError("data.val_fraction", val_fraction, f"a share of data.n_pairs={n_pairs} leaving >= 1 pair on each side")
+        if val_fraction > 0 and not 1 <= n_val <= n_pairs - 2:
+            raise ConfigError("data.val_fraction", val_fraction,
+                              f"a share of data.n_pairs={n_pairs} leaving >= 1 validation pair and >= 2 training pairs")
+        if n_pairs - n_val < 2:  # one training pair: BatchNorm1d cannot train on a batch of one
+            raise ConfigError("data.n_pairs", n_pairs, "an integer >= 2 (BatchNorm1d trains on batches of >= 2 pairs)")
         self.save_hyperparameters(logger=False)
         self.source, self.root, self.n_pairs, self.n_val = source, root, n_pairs, n_val
         self.batch_size, self.eval_batch_size, self.seed, self.test_curve = batch_size, eval_batch_size, seed, test_curve
