@@ -334,7 +334,10 @@ class PairDataModule(L.LightningDataModule):
         order = torch.randperm(self.n_pairs, generator=g)
         fit_idx, val_idx = order[self.n_val :], order[: self.n_val]
         x_fit = x[fit_idx]
-        self.mean, self.std = x_fit.mean().item(), x_fit.std().item()
+        # float64 in NumPy (single-threaded): the same two numbers at any torch thread count
+        # (torch's float32 sums differed in the 7th digit between 1 and 2 threads)
+        pixels = x_fit.numpy().astype("float64")
+        self.mean, self.std = float(pixels.mean()), float(pixels.std(ddof=1))
         norm = lambda a: ((a - self.mean) / self.std).contiguous()  # noqa: E731
         self.sets["train"] = TensorDataset(norm(x_fit), t[fit_idx], c[fit_idx])
         if self.n_val:

@@ -75,6 +75,7 @@ def test_run_leaves_metrics_checkpoint_and_tensorboard(twin_runs):
     assert all(DIGIT_ACC_FLOOR <= v <= 1 for v in m["digit_acc"].values()), m["digit_acc"]
     assert 0 < m["wall_time_s"] < 300
     assert m["epochs"] == EPOCHS
+    assert m["threads"] == 1  # same seed, threads and machine: the same metrics
     history = m["history"]
     assert len(history["train/loss"]) == EPOCHS and len(history["val/acc"]) == EPOCHS
     assert history["lr"] == pytest.approx([0.09] * 3 + [0.001] * 2, rel=1e-6)
