@@ -27,7 +27,7 @@ def test_progress_bar_only_on_a_terminal():
 
 def test_run_into_a_file_writes_epoch_lines_not_a_progress_bar(tmp_path):
     # the default trainer asks for a progress bar; the output here is a pipe
-    result = run_train(["trainer.max_epochs=3", "data.n_pairs=300", "threads=1"], tmp_path)
+    result = run_train(["trainer.max_epochs=3", "data.n_pairs=100", "data.eval_batch_size=100", "threads=1"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     text = result.stdout + result.stderr
     assert "\r" not in text and "it/s" not in text  # no tqdm refreshes
