@@ -23,7 +23,7 @@ from digitpairs.data import downsample
 from digitpairs.errors import ConfigError
 
 INK = 0.1  # share of the brightest pixel that counts as ink, for the bounding box
-IMAGE = "an image file (PNG or JPEG, any size, grey or colour) of one digit"
+IMAGE = "image file (PNG or JPEG, any size, grey or colour) of one digit"
 
 
 @dataclass
@@ -44,14 +44,14 @@ def mnist_frame(grey: np.ndarray, key: str = "image", value: str = "?") -> tuple
     """
     a = grey.astype(np.float32)
     if a.size == 0 or a.max() - a.min() < 1:
-        raise ConfigError(key, value, f"{IMAGE}; this one is empty or all one colour")
+        raise ConfigError(key, value, f"an {IMAGE}; this one is empty or all one colour")
     border = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
     inverted = bool(np.median(border) > 127)
     if inverted:
         a, border = 255 - a, 255 - border
     a = np.clip(a - np.median(border), 0, None)  # the background becomes 0
     if a.max() <= 0:
-        raise ConfigError(key, value, f"{IMAGE}; no digit stands out from its background")
+        raise ConfigError(key, value, f"an {IMAGE}; no digit stands out from its background")
     a = a * (255.0 / a.max())
     rows, cols = np.nonzero(a > INK * 255)
     crop = torch.from_numpy(a[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1].copy())
@@ -86,7 +86,7 @@ def load_digit(path: str | Path, key: str) -> Digit:
         with Image.open(file) as img:
             grey = np.asarray(img.convert("L"))
     except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise ConfigError(key, str(path), f"{IMAGE}; this file is not one ({type(err).__name__})") from None
+        raise ConfigError(key, str(path), f"an {IMAGE}; this file is not one ({type(err).__name__})") from None
     frame, inverted = mnist_frame(grey, key, str(path))
     return Digit(downsample(frame[None])[0], inverted)
 

@@ -269,13 +269,21 @@ def test_predict_example_pngs(runs, predict_main, capsys, tmp_path):
     assert len(out["first_probs"]) == 10 and abs(sum(out["second_probs"]) - 1) < 1e-4 and out["p_le"] < 0.5
 
 
-def test_predict_py_mnist_test_json(runs):
-    # digits 0 and 1 of the MNIST test set are a 7 and a 2
+def test_predict_py_json(runs):
     ckpt = runs["full"][0] / "checkpoints" / "last.ckpt"
-    result = subprocess.run([sys.executable, "predict.py", str(ckpt), "--mnist-test", "1", "0", "--source", "idx",
-                             "--root", str(IDX_DIR), "--json"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "predict.py", str(ckpt), str(EXAMPLES / "two.png"),
+                             str(EXAMPLES / "seven_black_on_white.png"), "--json"],
+                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
+    assert (out["first"], out["second"], out["le"]) == (2, 7, 1) and out["p_le"] > 0.5
+
+
+def test_predict_mnist_test_digits(runs, predict_main, capsys):
+    # digits 0 and 1 of the MNIST test set are a 7 and a 2 (conftest.T10K_FIRST_LABELS)
+    ckpt = str(runs["full"][0] / "checkpoints" / "last.ckpt")
+    assert predict_main([ckpt, "--mnist-test", "1", "0", "--source", "idx", "--root", str(IDX_DIR), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
     assert (out["first"], out["second"], out["le"]) == (2, 7, 1) and out["p_le"] > 0.5
 
 
