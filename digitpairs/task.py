@@ -149,7 +149,9 @@ def build(cfg: DictConfig, loggers: bool = True):
     last = LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", cfg.checkpoint_every, run_info)
     callbacks = [history, last] + [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     logger_list = [_instantiate(c) for c in (cfg.get("logger") or {}).values()] if loggers else []
-    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False)
+    # LastCheckpoint is a Lightning Checkpoint (it runs after the module's epoch-end hook),
+    # which Lightning accepts only with checkpointing enabled; it then adds no ModelCheckpoint.
+    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False, enable_checkpointing=True)
     return datamodule, model, trainer, history
 
 
@@ -165,6 +167,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     import lightning  # noqa: F401  - imported before the clock starts: paid once per process
 
+    from digitpairs.resume import LastCheckpoint
+
     start = time.perf_counter()  # the job's wall time, without the once-per-process imports
     datamodule, model, trainer, history = build(cfg)
     out_dir = Path(cfg.paths.output_dir)
@@ -178,7 +182,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
         check_resume(cfg, model, datamodule)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    last = next(c for c in trainer.callbacks if type(c).__name__ == "LastCheckpoint")
+    last = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint))
     last.save(trainer)  # before testing: a trained model is never lost
     ckpt = last.path
     final = {k: v for per_loader in trainer.test(model, datamodule=datamodule, verbose=False) for k, v in per_loader.items()}
