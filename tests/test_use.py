@@ -308,10 +308,26 @@ def test_predict_bad_input_is_one_line(case, runs, predict_main, capsys, tmp_pat
 
 
 # ---- the auto source -------------------------------------------------------------------
-def test_auto_source_takes_idx_files_dropped_into_root(tmp_path):
+def write_idx(path: Path, array, gz: bool) -> None:
+    """Write ``uint8`` images ``(N, 28, 28)`` or labels ``(N,)`` as an IDX file (the MNIST format)."""
+    import gzip
+
+    import numpy as np
+
+    a = np.asarray(array, dtype=np.uint8)
+    header = bytes([0, 0, 8, a.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in a.shape)
+    (gzip.open if gz else open)(path, "wb").write(header + a.tobytes())
+
+
+@pytest.mark.parametrize("gz", [True, False], ids=["gz", "plain"])
+def test_auto_source_takes_idx_files_dropped_into_root(gz, tmp_path):
     from digitpairs.data import load_pools
 
-    for f in IDX_DIR.glob("*-ubyte*"):
-        (tmp_path / f.name).symlink_to(f)
+    ext = ".gz" if gz else ""
+    for prefix, n in (("train", 30), ("t10k", 20)):
+        images = torch.arange(n * 28 * 28).reshape(n, 28, 28) % 256
+        write_idx(tmp_path / f"{prefix}-images-idx3-ubyte{ext}", images, gz)
+        write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte{ext}", torch.arange(n) % 10, gz)
     train, test, source = load_pools("auto", str(tmp_path))
-    assert source == "idx" and (len(train), len(test)) == (60000, 10000)
+    assert source == "idx" and (len(train), len(test)) == (30, 20)
+    assert test.labels.tolist() == [i % 10 for i in range(20)]
