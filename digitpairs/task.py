@@ -5,7 +5,8 @@ the run folder (``cfg.paths.output_dir``):
 
 - ``metrics.json``: final train/val/test accuracy, test error count, digit accuracy of
   the aux heads, seed, data source, wall time, per-epoch history, and ``status``;
-- ``checkpoints/last.ckpt``: the final model (``<Class>.load_from_checkpoint(path)``);
+- ``checkpoints/last.ckpt``: saved every ``checkpoint_every`` epochs and at the end
+  (``<Class>.load_from_checkpoint(path)``; resume with ``train.py ckpt_path=<it>``);
 - ``tensorboard/``: the TensorBoard events, HPARAMS included.
 """
 
@@ -62,6 +63,7 @@ def _check(cfg: DictConfig) -> None:
         if not isinstance(cfg.cpu[key], bool):
             raise ConfigError(f"cpu.{key}", cfg.cpu[key], "true or false")
     require_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True)
+    require_number("checkpoint_every", cfg.checkpoint_every, 1, integer=True)
 
 
 def _quiet_lightning_console(quiet: bool = False) -> None:
@@ -77,8 +79,7 @@ def _quiet_lightning_console(quiet: bool = False) -> None:
     rank_zero.addFilter(lambda r: "Tip:" not in str(r.msg))
     rank_zero.setLevel(logging.WARNING if quiet else logging.NOTSET)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.14, harmless
-    # Lightning's SLURM hint when `srun` is on PATH: runs here are not srun tasks (#10 launches SLURM jobs)
-    warnings.filterwarnings("ignore", message=r"The `srun` command is available")
+    warnings.filterwarnings("ignore", message=r".*`srun` command is available.*")  # a hint, on any machine with SLURM
 
 
 def progress_bar_shown(requested: bool, stream=None) -> bool:
@@ -155,6 +156,7 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     import lightning as L
 
     from digitpairs.callbacks import EpochHistory, EpochLog
+    from digitpairs.resume import LastCheckpoint
     from digitpairs.runtime import configure_cpu
 
     _check(cfg)
@@ -168,13 +170,22 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     datamodule.setup()
     log.info("data source: %s (data.source=%s)", datamodule.resolved_source, cfg.data.source)
     history = EpochHistory(TRAIN_HISTORY, EVAL_HISTORY)
-    callbacks = [history] + [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    run_info = {  # stored in every checkpoint, for resuming (digitpairs.resume)
+        "overrides": [o for o in (cfg.get("overrides") or []) if not o.lstrip("+~").startswith("ckpt_path=")],
+        "max_epochs": cfg.trainer.max_epochs, "model_name": cfg.get("model_name"),
+        "precision": str(cfg.trainer.get("precision", "32-true")),
+    }
+    last = LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", cfg.checkpoint_every, run_info)
+    callbacks = [history, last] + [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     requested = cfg.trainer.get("enable_progress_bar", True)
     bar = progress_bar_shown(requested)
     if requested and not bar:
         callbacks.append(EpochLog(history, every=math.ceil(cfg.trainer.max_epochs / 10)))
     logger_list = [_instantiate(c) for c in (cfg.get("logger") or {}).values()] if loggers else []
-    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False, enable_progress_bar=bar)
+    # LastCheckpoint is a Lightning Checkpoint (it runs after the module's epoch-end hook),
+    # which Lightning accepts only with checkpointing enabled; it then adds no ModelCheckpoint.
+    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False, enable_checkpointing=True,
+                           enable_progress_bar=bar)
     return datamodule, model, trainer, history
 
 
@@ -209,15 +220,23 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     import lightning  # noqa: F401  - imported before the clock starts: paid once per process
     import torch
 
+    from digitpairs.resume import LastCheckpoint
+
     start = time.perf_counter()  # the job's wall time, without the once-per-process imports
     datamodule, model, trainer, history = build(cfg, quiet=multirun)
     out_dir = Path(cfg.paths.output_dir)
     overrides = list(cfg.get("overrides") or [])
     hp = hparams(cfg, overrides, datamodule.resolved_source)
     _log_session(trainer, hp, overrides, out_dir, multirun, datamodule.n_val > 0)
-    trainer.fit(model, datamodule=datamodule)
-    ckpt = out_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(ckpt, weights_only=False)  # before testing: a trained model is never lost
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        from digitpairs.resume import check_resume
+
+        check_resume(cfg, model, datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    last = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint))
+    last.save(trainer)  # before testing: a trained model is never lost
+    ckpt = last.path
     final = {k: v for per_loader in trainer.test(model, datamodule=datamodule, verbose=False) for k, v in per_loader.items()}
 
     nan = math.nan
@@ -240,6 +259,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         "threads": torch.get_num_threads(),  # the same seed, threads and machine give the same numbers
         "normalisation": {"mean": datamodule.mean, "std": datamodule.std},
         "overrides": overrides,
+        "resumed_from": str(ckpt_path) if ckpt_path else None,
         "checkpoint": str(ckpt.relative_to(out_dir)),
         "history": history.history,
         "hparams": hp,
