@@ -357,7 +357,8 @@ class PairDataModule(L.LightningDataModule):
             raise ConfigError("data.augment", augment, f"one of {', '.join(AUGMENTS)}")
         if not isinstance(repair, bool):
             raise ConfigError("data.repair", repair, "true or false")
-        self.augmenter = RandomDigitAffine(shift, rotate, scale) if augment == "affine" else None
+        augmenter = RandomDigitAffine(shift, rotate, scale)  # checks the strengths even when off
+        self.augmenter = augmenter if augment == "affine" else None
         self.repair = repair
         if source not in SOURCES:
             raise ConfigError("data.source", source, f"one of {', '.join(SOURCES)}")
