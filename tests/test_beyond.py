@@ -156,7 +156,7 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
         assert all(0 <= v <= 1 for v in rules.values())
         assert m["test_acc"] == rules[m["decision"]]
         if m["model"] == "digit_classifier":
-            assert m["decision"] == "prob" and m["test_acc"] > 0.85  # 4 epochs; measured 0.93-0.96
+            assert m["decision"] == "prob" and m["test_acc"] > 0.85  # 4 epochs; seeds 0, 1 measured: 0.960, 0.962
             lr = m["history"]["lr"]
             assert lr[1] > lr[0] and lr[-1] < lr[1]  # one cycle: up, then down
         else:
