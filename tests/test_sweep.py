@@ -38,7 +38,7 @@ def report_rows(report: str) -> dict[str, list[str]]:
     rows = {}
     for line in report.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 10 and cells[1].isdigit():
+        if len(cells) >= 10 and cells[1].isdigit():
             rows[cells[0]] = cells
     return rows
 
