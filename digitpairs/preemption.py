@@ -3,17 +3,23 @@
 submitit asks SLURM to send its warning signal (``USR2``, or ``$SUBMITIT_PREEMPT_SIGNAL``)
 ``hydra.launcher.signal_delay_s`` seconds before the time limit; ``scancel`` sends
 ``SIGTERM`` and, ``KillWait`` seconds later (30 s by default), ``SIGKILL``. Under SLURM,
-:class:`CheckpointOnSignal` turns either into a checkpoint at the next consistent point of
-training (after an optimiser step for the warning; at the epoch end where Lightning raises
-its ``SIGTERMException`` for ``SIGTERM``), written atomically to ``<dirpath>/last.ckpt``,
-the file that ``python train.py ckpt_path=...`` resumes from. After the warning the run
-ends with :class:`~digitpairs.errors.JobInterrupted`, which the task records as status
-``killed`` in ``metrics.json``; after ``SIGTERM`` Lightning exits the process and the
-launcher records the job.
+:class:`CheckpointOnSignal` turns either into a checkpoint at an epoch boundary, written
+atomically to ``<dirpath>/last.ckpt``, the file that ``python train.py ckpt_path=...``
+resumes from:
+
+- after the warning, training finishes the epoch under way; at the start of the next
+  one (before its batches are shuffled, so a resumed run draws what an unbroken one
+  would) the checkpoint is saved and the run ends with
+  :class:`~digitpairs.errors.JobInterrupted`, which the task records as status
+  ``killed`` in ``metrics.json``. A warning during the last epoch or the test lets the
+  run finish.
+- after ``SIGTERM``, Lightning stops at the end of the epoch (``SIGTERMException``); the
+  checkpoint is saved there, Lightning exits, and the launcher records the job.
 
 Outside SLURM (no ``SLURM_JOB_ID``) or off the main thread it does nothing, so local runs
-and their numbers are unchanged. While it is installed, submitit's own handler (which
-would requeue a job when ``hydra.launcher.max_num_timeout > 0``) does not run.
+and their numbers are unchanged. Under SLURM its handler replaces submitit's for the rest
+of the job, so submitit does not requeue it (``hydra.launcher.max_num_timeout`` has no
+effect).
 """
 
 from __future__ import annotations
@@ -48,8 +54,9 @@ class CheckpointOnSignal(L.Callback):
         only_under_slurm: do nothing unless ``SLURM_JOB_ID`` is set (tests turn it off).
 
     Raises:
-        JobInterrupted: at the first batch end after the warning signal, once the
-            checkpoint is saved; its message names the signal, the epoch and the file.
+        JobInterrupted: at the start of the first epoch after the warning signal, once
+            the checkpoint is saved; its message names the signal, the epochs done, the
+            file and the command that resumes it.
     """
 
     def __init__(self, dirpath: str, signal_name: str | None = None, only_under_slurm: bool = True) -> None:
@@ -58,36 +65,27 @@ class CheckpointOnSignal(L.Callback):
         self.signum = getattr(signal, "SIG" + name.upper().removeprefix("SIG"))
         self.only_under_slurm = only_under_slurm
         self.received: int | None = None
-        self._previous: Any = None
 
     def _on_signal(self, signum: int, frame: Any) -> None:  # a signal handler only sets a flag
         self.received = signum
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.only_under_slurm and "SLURM_JOB_ID" not in os.environ:
-            return
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(self.signum, self._on_signal)
+    def _active(self) -> bool:
+        return not self.only_under_slurm or "SLURM_JOB_ID" in os.environ
 
-    def on_train_batch_end(self, trainer: L.Trainer, *args: Any) -> None:
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        if stage == "fit" and self._active() and threading.current_thread() is threading.main_thread():
+            signal.signal(self.signum, self._on_signal)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self.received is None:
             return
-        name = signal.Signals(self.received).name
         path = _save_atomically(trainer, self.path)
         raise JobInterrupted(
-            f"stopped by {name} (SLURM's warning before the time limit) at epoch {trainer.current_epoch}, "
-            f"step {trainer.global_step}: checkpoint saved to {path}"
+            f"stopped by {signal.Signals(self.received).name} (SLURM's warning before the time limit) after epoch "
+            f"{trainer.current_epoch} of {trainer.max_epochs}: checkpoint {path} "
+            f"(resume: python train.py ckpt_path={path})"
         )
 
     def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and (not self.only_under_slurm or "SLURM_JOB_ID" in os.environ):
-            _save_atomically(trainer, self.path)  # scancel: Lightning stops at an epoch end, SIGKILL comes later
-        self._restore()
-
-    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(self.signum, self._previous)
-            self._previous = None
+        if isinstance(exception, SIGTERMException) and self._active():
+            _save_atomically(trainer, self.path)  # scancel: Lightning stopped at an epoch end; SIGKILL comes later
