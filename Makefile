@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.install-stamp
 ARGS    ?=
 SWEEP   ?=
 
-.PHONY: help install train test sweep grid study report tensorboard bench clean
+.PHONY: help install train test test-slurm sweep grid study report tensorboard bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,6 +24,9 @@ train: install  ## train ws_aux for 50 epochs on real MNIST pairs (ARGS="model=c
 
 test: install  ## run the test suite
 	$(PY) -m pytest -q $(ARGS)
+
+test-slurm: install  ## start a one-node SLURM cluster here (root, Debian), run the SLURM tests, stop it (scripts/test-slurm.sh)
+	PY=$(PY) scripts/test-slurm.sh $(ARGS)
 
 sweep: install  ## a multirun: make sweep ARGS="optim.lr1=0.01,0.09 loss.alpha=0.5,0.75"
 	$(PY) train.py -m $(ARGS)

@@ -51,7 +51,7 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-NOT_CONFIG = ("seed=", "experiment=", "hydra", "threads=", "cpu.")  # not hyperparameters: seeds and run settings
+NOT_CONFIG = ("seed=", "experiment=", "hydra", "threads=", "cpu.", "trainer.enable_progress_bar=")  # not hyperparameters: seeds and run settings
 
 
 def config_key(overrides: list[str]) -> str:

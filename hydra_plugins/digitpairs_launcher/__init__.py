@@ -6,7 +6,7 @@
 ``hydra/launcher=submitit_slurm`` and ``hydra/launcher=digitpairs_slurm`` both select it
 (``conf/hydra/launcher/submitit_slurm.yaml`` shadows the plugin's own config of that
 name); every key of ``hydra_submitit_launcher``'s ``SlurmQueueConf`` works as documented
-there. It differs from ``hydra_submitit_launcher``'s ``SlurmLauncher`` (1.2) in three ways:
+there. It differs from ``hydra_submitit_launcher``'s ``SlurmLauncher`` (1.2) in four ways:
 
 1. A time limit too short for submitit's warning signal is refused before anything is
    submitted (:func:`digitpairs.slurm.check_time_limit`; one line, exit 2).
@@ -16,7 +16,9 @@ there. It differs from ``hydra_submitit_launcher``'s ``SlurmLauncher`` (1.2) in 
    ``failed``) with SLURM's state, so Hydra's ``on_multirun_end`` runs and
    ``summary.csv``, ``ranking.csv`` and ``best_overrides.txt`` are written; the sweep
    then exits 1 with one line (:class:`digitpairs.sweep.SweepSummary`).
-3. Ctrl-C while waiting writes the summary of the jobs finished so far and says how to
+3. Jobs run without the progress bar (``trainer.enable_progress_bar=false`` unless the
+   command line sets it), so their logs under ``.submitit/`` hold no bar refreshes.
+4. Ctrl-C while waiting writes the summary of the jobs finished so far and says how to
    stop the others (they keep running on SLURM).
 
 Hydra instantiates launchers only from the ``hydra_plugins`` package, hence this module.
@@ -87,7 +89,10 @@ class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
         job_params = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
-            job_params.append((list(overrides), "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
+            overrides = list(overrides)
+            if not any(o.lstrip("+~").startswith("trainer.enable_progress_bar=") for o in overrides):
+                overrides.append("trainer.enable_progress_bar=false")  # job logs: no bar refreshes
+            job_params.append((overrides, "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
         jobs = executor.map_array(self, *zip(*job_params))
         log.info("submitted SLURM array job %s (%d jobs); waiting for all of them (keep this process alive)",
                  jobs[0].job_id.split("_")[0], len(jobs))
