@@ -10,7 +10,7 @@ SWEEP   ?=
 .PHONY: help install train test test-slurm sweep grid study report tensorboard bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
