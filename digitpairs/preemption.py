@@ -1,20 +1,17 @@
-"""Save a checkpoint when SLURM is about to end a job, and stop cleanly.
+"""Save a checkpoint when SLURM warns a job that its time limit is near, and stop cleanly.
 
 submitit asks SLURM to send its warning signal (``USR2``, or ``$SUBMITIT_PREEMPT_SIGNAL``)
-``hydra.launcher.signal_delay_s`` seconds before the time limit; ``scancel`` sends
-``SIGTERM`` and, ``KillWait`` seconds later (30 s by default), ``SIGKILL``. Under SLURM,
-:class:`CheckpointOnSignal` turns either into a checkpoint at an epoch boundary, written
-atomically to ``<dirpath>/last.ckpt``, the file that ``python train.py ckpt_path=...``
-resumes from:
+``hydra.launcher.signal_delay_s`` seconds before the time limit. Under SLURM,
+:class:`CheckpointOnSignal` catches it: training finishes the epoch under way and stops
+(``trainer.should_stop``), the checkpoint is written atomically to
+``<dirpath>/last.ckpt`` in the same state as the checkpoint of a finished run (so
+``python train.py ckpt_path=...`` resumes it), and the run ends with
+:class:`~digitpairs.errors.JobInterrupted`, which the task records as status ``killed``
+in ``metrics.json``. A warning during the last epoch or the test lets the run finish.
 
-- after the warning, training finishes the epoch under way; at the start of the next
-  one (before its batches are shuffled, so a resumed run draws what an unbroken one
-  would) the checkpoint is saved and the run ends with
-  :class:`~digitpairs.errors.JobInterrupted`, which the task records as status
-  ``killed`` in ``metrics.json``. A warning during the last epoch or the test lets the
-  run finish.
-- after ``SIGTERM``, Lightning stops at the end of the epoch (``SIGTERMException``); the
-  checkpoint is saved there, Lightning exits, and the launcher records the job.
+``scancel`` (``SIGTERM``, then ``SIGKILL`` after SLURM's ``KillWait``) is left to
+Lightning, which stops at the end of the epoch; the per-epoch ``checkpoints/last.ckpt``
+of the run is then the one to resume from, and the launcher records the job.
 
 Outside SLURM (no ``SLURM_JOB_ID``) or off the main thread it does nothing, so local runs
 and their numbers are unchanged. Under SLURM its handler replaces submitit's for the rest
@@ -31,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from digitpairs.errors import JobInterrupted
 
@@ -45,7 +41,7 @@ def _save_atomically(trainer: L.Trainer, path: Path) -> Path:
 
 
 class CheckpointOnSignal(L.Callback):
-    """Under SLURM, save ``<dirpath>/last.ckpt`` when the job is warned or cancelled.
+    """Under SLURM, save ``<dirpath>/last.ckpt`` and stop when the job is warned.
 
     Args:
         dirpath: folder of the checkpoint (the run's ``checkpoints/``).
@@ -54,9 +50,9 @@ class CheckpointOnSignal(L.Callback):
         only_under_slurm: do nothing unless ``SLURM_JOB_ID`` is set (tests turn it off).
 
     Raises:
-        JobInterrupted: at the start of the first epoch after the warning signal, once
-            the checkpoint is saved; its message names the signal, the epochs done, the
-            file and the command that resumes it.
+        JobInterrupted: at the end of fit, after the epoch in which the warning came,
+            once the checkpoint is saved; its message names the signal, the epochs
+            done, the file and the command that resumes it.
     """
 
     def __init__(self, dirpath: str, signal_name: str | None = None, only_under_slurm: bool = True) -> None:
@@ -65,6 +61,7 @@ class CheckpointOnSignal(L.Callback):
         self.signum = getattr(signal, "SIG" + name.upper().removeprefix("SIG"))
         self.only_under_slurm = only_under_slurm
         self.received: int | None = None
+        self.stopped = False
 
     def _on_signal(self, signum: int, frame: Any) -> None:  # a signal handler only sets a flag
         self.received = signum
@@ -76,8 +73,13 @@ class CheckpointOnSignal(L.Callback):
         if stage == "fit" and self._active() and threading.current_thread() is threading.main_thread():
             signal.signal(self.signum, self._on_signal)
 
-    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self.received is None:
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.received is not None and trainer.current_epoch + 1 < trainer.max_epochs:
+            trainer.should_stop = True  # Lightning ends fit after this epoch's hooks (validation, checkpoints)
+            self.stopped = True
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not self.stopped:
             return
         path = _save_atomically(trainer, self.path)
         raise JobInterrupted(
@@ -85,7 +87,3 @@ class CheckpointOnSignal(L.Callback):
             f"{trainer.current_epoch} of {trainer.max_epochs}: checkpoint {path} "
             f"(resume: python train.py ckpt_path={path})"
         )
-
-    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and self._active():
-            _save_atomically(trainer, self.path)  # scancel: Lightning stopped at an epoch end; SIGKILL comes later
