@@ -2,7 +2,7 @@
 
 Files written into the sweep folder:
 
-- ``summary.csv``: one row per job (``status`` ok / failed / invalid / missing), with its
+- ``summary.csv``: one row per job (``status`` ok / failed / invalid / killed / missing), with its
   overrides, model, seed, val/test/train accuracy, test errors, digit accuracy and
   wall time.
 - ``ranking.csv``: the swept configurations (the overrides without ``seed``) ranked by
