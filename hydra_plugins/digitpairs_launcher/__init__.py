@@ -27,6 +27,7 @@ Hydra instantiates launchers only from the ``hydra_plugins`` package, hence this
 # no "from __future__ import annotations": Hydra scans this module outside sys.modules, where dataclasses need real types
 
 import logging
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,8 @@ class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         log.info(f"Submitit '{self._EXECUTOR}' sweep output dir : {sweep_dir}")
         sweep_dir.mkdir(parents=True, exist_ok=True)
+        if "mode" in self.config.hydra.sweep:
+            os.chmod(sweep_dir, mode=int(str(self.config.hydra.sweep.mode), 8))
         job_params = []
         for idx, overrides in enumerate(job_overrides, start=initial_job_idx):
             log.info(f"\t#{idx} : {' '.join(filter_overrides(overrides))}")
