@@ -4,7 +4,10 @@
 # happens (a trap on EXIT, so a failing or interrupted test stops them too).
 # Needs root and Debian (scripts/slurm/slurm-up.sh installs slurm-wlm, munge, slurmdbd and
 # mariadb-server when missing). A cluster that already answers `sinfo` is used as it is
-# and left running. Extra arguments go to pytest, e.g. scripts/test-slurm.sh -k scancel.
+# and left running. It rewrites /etc/slurm/slurm.conf (job ids go on from SLURM's saved state,
+# which must match the accounting database):
+# run it on a test machine or in CI, never on a node of a real cluster.
+# Extra arguments go to pytest, e.g. scripts/test-slurm.sh -k scancel.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}

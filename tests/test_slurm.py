@@ -36,7 +36,8 @@ def _cluster_answers() -> bool:
         out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.TimeoutExpired):
         return False
-    return out.returncode == 0 and any(s.strip("*~#") in ("idle", "mixed", "allocated") for s in out.stdout.split())
+    usable = ("idle", "mix", "alloc", "comp")  # idle, mixed, allocated, completing (+ flags such as "*" or "~")
+    return out.returncode == 0 and any(s.startswith(usable) for s in out.stdout.split())
 
 
 if not _cluster_answers():
