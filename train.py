@@ -2,6 +2,7 @@
 
     python train.py model=ws_aux                       # one run (see conf/train.yaml)
     python train.py -m optim.lr1=0.01,0.09 seed=0,1    # a sweep (multirun)
+    python train.py ckpt_path=<run>/checkpoints/last.ckpt   # resume a run (or extend it)
     python train.py --help                             # every config group and key
 
 Each run leaves a folder under outputs/ (metrics.json, checkpoint, TensorBoard events).
@@ -16,6 +17,7 @@ from omegaconf import DictConfig
 
 from digitpairs.config import check_group_choices, register_resolvers
 from digitpairs.errors import ConfigError
+from digitpairs.resume_args import resume_arguments
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
@@ -30,6 +32,7 @@ if __name__ == "__main__":
     register_resolvers()
     try:
         check_group_choices(sys.argv[1:])
+        sys.argv[1:] = resume_arguments(sys.argv[1:])  # ckpt_path=...: the checkpoint's own overrides first
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

@@ -22,6 +22,10 @@ class EpochHistory(L.Callback):
         self.train_keys, self.eval_keys = list(train_keys), list(eval_keys)
         self.history: dict[str, list[float]] = {}
         self._train_epochs = 0
+        self._trainer: L.Trainer | None = None
+
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._trainer = trainer
 
     def _put(self, trainer: L.Trainer, keys: list[str], epoch: int) -> None:
         metrics = trainer.callback_metrics
@@ -41,6 +45,25 @@ class EpochHistory(L.Callback):
 
     on_train_epoch_start = _record_finished_epoch
     on_train_end = _record_finished_epoch
+
+    def state_dict(self) -> dict:
+        """The history so far, saved in checkpoints so that a resumed run continues it.
+
+        A checkpoint saved at the end of an epoch (after the LightningModule logged its
+        training metrics) records that epoch's training metrics first.
+        """
+        trainer = self._trainer
+        if trainer is not None and trainer.training and trainer.current_epoch == self._train_epochs:
+            progress = trainer.fit_loop.epoch_progress.current
+            if progress.processed > progress.completed:  # between the epoch's end hooks
+                self._put(trainer, self.train_keys, self._train_epochs)
+                self._train_epochs += 1
+        return {"history": {k: list(v) for k, v in self.history.items()}, "train_epochs": self._train_epochs}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.history = {k: list(v) for k, v in state_dict["history"].items()}
+        self._train_epochs = state_dict["train_epochs"]
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # the validation metrics of this epoch are in callback_metrics by now (fresh)

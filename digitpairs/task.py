@@ -5,7 +5,8 @@ the run folder (``cfg.paths.output_dir``):
 
 - ``metrics.json``: final train/val/test accuracy, test error count, digit accuracy of
   the aux heads, seed, data source, wall time, per-epoch history, and ``status``;
-- ``checkpoints/last.ckpt``: the final model (``<Class>.load_from_checkpoint(path)``);
+- ``checkpoints/last.ckpt``: saved every ``checkpoint_every`` epochs and at the end
+  (``<Class>.load_from_checkpoint(path)``; resume with ``train.py ckpt_path=<it>``);
 - ``tensorboard/``: the TensorBoard events, HPARAMS included.
 """
 
@@ -61,6 +62,7 @@ def _check(cfg: DictConfig) -> None:
         if not isinstance(cfg.cpu[key], bool):
             raise ConfigError(f"cpu.{key}", cfg.cpu[key], "true or false")
     require_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True)
+    require_number("checkpoint_every", cfg.checkpoint_every, 1, integer=True)
 
 
 def _quiet_lightning_console() -> None:
@@ -70,6 +72,7 @@ def _quiet_lightning_console() -> None:
         lightning_log.handlers.clear()  # the root (Hydra) handlers print and file them
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in str(r.msg))
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.14, harmless
+    warnings.filterwarnings("ignore", message=r".*`srun` command is available.*")  # a hint, on any machine with SLURM
 
 
 def hparams(cfg: DictConfig, overrides: list[str], source: str) -> dict[str, Any]:
@@ -124,6 +127,7 @@ def build(cfg: DictConfig, loggers: bool = True):
     import lightning as L
 
     from digitpairs.callbacks import EpochHistory
+    from digitpairs.resume import LastCheckpoint
     from digitpairs.runtime import configure_cpu
 
     _check(cfg)
@@ -137,9 +141,17 @@ def build(cfg: DictConfig, loggers: bool = True):
     datamodule.setup()
     log.info("data source: %s (data.source=%s)", datamodule.resolved_source, cfg.data.source)
     history = EpochHistory(TRAIN_HISTORY, EVAL_HISTORY)
-    callbacks = [history] + [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    run_info = {  # stored in every checkpoint, for resuming (digitpairs.resume)
+        "overrides": [o for o in (cfg.get("overrides") or []) if not o.lstrip("+~").startswith("ckpt_path=")],
+        "max_epochs": cfg.trainer.max_epochs, "model_name": cfg.get("model_name"),
+        "precision": str(cfg.trainer.get("precision", "32-true")),
+    }
+    last = LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", cfg.checkpoint_every, run_info)
+    callbacks = [history, last] + [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
     logger_list = [_instantiate(c) for c in (cfg.get("logger") or {}).values()] if loggers else []
-    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False)
+    # LastCheckpoint is a Lightning Checkpoint (it runs after the module's epoch-end hook),
+    # which Lightning accepts only with checkpointing enabled; it then adds no ModelCheckpoint.
+    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False, enable_checkpointing=True)
     return datamodule, model, trainer, history
 
 
@@ -155,6 +167,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """
     import lightning  # noqa: F401  - imported before the clock starts: paid once per process
 
+    from digitpairs.resume import LastCheckpoint
+
     start = time.perf_counter()  # the job's wall time, without the once-per-process imports
     datamodule, model, trainer, history = build(cfg)
     out_dir = Path(cfg.paths.output_dir)
@@ -162,9 +176,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     hp_keys = [f"hp/{k}" for k in ("train_acc", "val_acc", "test_acc")]
     for lg in trainer.loggers:  # the HPARAMS tab: keys now (a failed run shows too), values at the end
         lg.log_hyperparams(hparams(cfg, overrides, datamodule.resolved_source), metrics=dict.fromkeys(hp_keys, math.nan))
-    trainer.fit(model, datamodule=datamodule)
-    ckpt = out_dir / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(ckpt, weights_only=False)  # before testing: a trained model is never lost
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        from digitpairs.resume import check_resume
+
+        check_resume(cfg, model, datamodule)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    last = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint))
+    last.save(trainer)  # before testing: a trained model is never lost
+    ckpt = last.path
     final = {k: v for per_loader in trainer.test(model, datamodule=datamodule, verbose=False) for k, v in per_loader.items()}
 
     nan = math.nan
@@ -186,6 +206,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "precision": str(cfg.trainer.get("precision", "32-true")),
         "normalisation": {"mean": datamodule.mean, "std": datamodule.std},
         "overrides": overrides,
+        "resumed_from": str(ckpt_path) if ckpt_path else None,
         "checkpoint": str(ckpt.relative_to(out_dir)),
         "history": history.history,
     }

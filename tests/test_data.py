@@ -92,9 +92,11 @@ def test_idx_files_are_the_real_mnist_test_set(raw_t10k):
     assert torch.bincount(labels, minlength=10).tolist() == T10K_CLASS_COUNTS
 
 
-def test_idx_test_set_split_into_two_halves_with_labels_attached(raw_t10k):
+def test_idx_test_set_split_into_two_halves_with_labels_attached(raw_t10k, tmp_path):
     """Only t10k has images in the folder: it is split per class into two fixed halves."""
-    train, test, resolved = load_pools("idx", str(IDX_DIR))
+    for name in ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"):  # the t10k files alone
+        (tmp_path / name).symlink_to(IDX_DIR / name)
+    train, test, resolved = load_pools("idx", str(tmp_path))
     assert resolved == "idx"
     assert len(train) + len(test) == 10000
     n_train = torch.bincount(train.labels, minlength=10).tolist()
@@ -285,3 +287,12 @@ def test_eval_loaders_are_ordered_and_complete():
         assert torch.equal(x, dm.sets[name].tensors[0])  # sequential, every pair once
     assert [len(b[0]) for b in loaders["val"]] == [200]
     assert [len(b[0]) for b in loaders["test"]] == [300, 300, 300, 100]
+
+
+def test_idx_folder_with_both_sets_gives_the_60k_train_and_10k_test_pools():
+    """The study's exact protocol: train pool = MNIST's 60,000 training digits, test pool = its 10,000 test digits."""
+    train, test, resolved = load_pools("idx", str(IDX_DIR))
+    assert resolved == "idx" and (train.name, test.name) == ("idx:train", "idx:t10k")
+    assert (len(train), len(test)) == (60000, 10000)
+    assert torch.bincount(test.labels, minlength=10).tolist() == T10K_CLASS_COUNTS
+    assert test.labels[:10].tolist() == T10K_FIRST_LABELS

@@ -1,0 +1,233 @@
+"""Evaluate trained checkpoints on fresh test pairs of any source (``evaluate.py``).
+
+``evaluate(cfg)`` takes ``cfg.ckpt_path``: one checkpoint, a run folder, or a sweep
+folder (every ``<job>/checkpoints/last.ckpt`` in it). For each checkpoint it rebuilds
+the model, draws ``data.n_pairs`` test pairs from ``data.source`` / ``data.root`` with
+``seed`` (``null``: the checkpoint's own seed) exactly as a run draws its test pairs
+(DESIGN §1: the train pairs are drawn first from the same generator, then the test
+pairs), normalises them with the mean and std **stored in the checkpoint**, and runs
+``trainer.predict`` at the checkpoint's precision. So with the run's own source and seed
+it reproduces the run's test accuracy exactly.
+
+It leaves in its run folder ``metrics.json`` (one record per checkpoint) and, for a
+sweep folder, ``summary.csv`` (one row per job) and ``report.md`` (per model: mean ± std
+of the sweep's own test accuracy and of this evaluation's).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from digitpairs import checkpoint as ckpt_io
+from digitpairs.errors import ConfigError, require_number
+
+log = logging.getLogger(__name__)
+
+
+def find_checkpoints(path: str | Path) -> tuple[list[Path], bool]:
+    """The checkpoints that ``ckpt_path`` names, and whether it is a sweep folder.
+
+    A file is one checkpoint; a run folder gives its ``checkpoints/last.ckpt``; a sweep
+    folder gives every ``<job>/checkpoints/last.ckpt``, in job order.
+
+    Raises:
+        ConfigError: no such file or folder, or a folder without checkpoints.
+    """
+    p = Path(path)
+    if p.is_file():
+        return [p], False
+    if p.is_dir():
+        if (p / "checkpoints" / "last.ckpt").is_file():
+            return [p / "checkpoints" / "last.ckpt"], False
+        jobs = sorted(p.glob("*/checkpoints/last.ckpt"), key=lambda f: (not f.parts[-3].isdigit(), int(f.parts[-3]) if f.parts[-3].isdigit() else 0, f.parts[-3]))
+        if jobs:
+            return jobs, True
+        raise ConfigError("ckpt_path", str(path), "a checkpoint file, a run folder or a sweep folder holding <job>/checkpoints/last.ckpt; this folder has none")
+    raise ConfigError("ckpt_path", str(path), "an existing checkpoint file, run folder or sweep folder")
+
+
+def test_pairs(source: str, root: str, n_pairs: int, seed: int, mean: float, std: float):
+    """``data.n_pairs`` test pairs drawn as a run with ``seed`` draws them, normalised with
+    ``(mean, std)``.
+
+    Returns:
+        ``(x float32 (n, 2, 14, 14), target int64 (n,), classes int64 (n, 2), resolved_source)``.
+
+    Raises:
+        ConfigError: a bad source or root, or more pairs than the pools hold.
+    """
+    from digitpairs.data import load_pools, make_pairs
+
+    train_pool, test_pool, resolved = load_pools(source, str(root))
+    g = torch.Generator().manual_seed(seed)
+    make_pairs(train_pool, n_pairs, g)  # a run draws its training pairs first: the same stream
+    x, target, classes = make_pairs(test_pool, n_pairs, g)
+    return ((x - mean) / std).contiguous(), target, classes, resolved
+
+
+def predict(model, x: torch.Tensor, precision: str, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``trainer.predict`` of ``model`` on ``x float32 (n, 2, 14, 14)``, at ``precision``.
+
+    Returns ``(logits float32 (n, 2), digit_logits float32 (n, 2, 10) or None)``.
+    """
+    import lightning as L
+    from torch.utils.data import DataLoader
+
+    trainer = L.Trainer(
+        accelerator="auto", devices=1, precision=precision, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, enable_model_summary=False,
+    )
+    out = trainer.predict(model, dataloaders=DataLoader(x, batch_size=batch_size))
+    logits = torch.cat([o[0].float() for o in out])
+    digits = None if out[0][1] is None else torch.cat([o[1].float() for o in out])
+    return logits, digits
+
+
+def decision_rules(logits: torch.Tensor, digit_logits: torch.Tensor | None, has_aux: bool) -> dict[str, torch.Tensor]:
+    """Every way the model can answer "first <= second", as ``int64 (n,)`` 0/1 tensors.
+
+    ``main``: the model's own output (argmax of its 2 logits). ``digits``: the two digit
+    heads' argmax compared (models trained with digit labels only: ``ws``'s heads are
+    not digits).
+    """
+    rules = {"main": logits.argmax(dim=1)}
+    if has_aux and digit_logits is not None:
+        d = digit_logits.argmax(dim=2)
+        rules["digits"] = (d[:, 0] <= d[:, 1]).long()
+    return rules
+
+
+def own_metrics(ckpt_file: Path) -> dict[str, Any]:
+    """The ``metrics.json`` of the run that wrote ``<run>/checkpoints/last.ckpt`` ({} if none)."""
+    f = ckpt_file.parent.parent / "metrics.json"
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def evaluate_one(ckpt_file: Path, data: DictConfig, root: str, seed: int | None) -> dict[str, Any]:
+    """Evaluate one checkpoint; return its record for ``metrics.json``."""
+    ckpt = ckpt_io.load(ckpt_file)
+    about = ckpt_io.info(ckpt)
+    mean, std = ckpt_io.normalisation(ckpt, value=str(ckpt_file))
+    model = ckpt_io.build_model(ckpt)
+    use_seed = about["seed"] if seed is None else seed
+    x, target, classes, resolved = test_pairs(data.source, root, data.n_pairs, use_seed, mean, std)
+    logits, digit_logits = predict(model, x, about["precision"], data.eval_batch_size)
+    rules = {name: (pred == target).float().mean().item() for name, pred in decision_rules(logits, digit_logits, model.has_aux).items()}
+    pred = logits.argmax(dim=1)
+    own = own_metrics(ckpt_file)
+    return {
+        "checkpoint": str(ckpt_file),
+        "model": about["model"],
+        "trained_seed": about["seed"],
+        "trained_source": about["source"],
+        "epochs": about["epochs"],
+        "own_test_acc": own.get("test_acc"),
+        "source": resolved,
+        "seed": use_seed,
+        "n_pairs": len(target),
+        "acc": rules["main"],
+        "errors": int((pred != target).sum()),
+        "digit_acc": (digit_logits.argmax(dim=2) == classes).float().mean().item() if model.has_aux else None,
+        "rules": rules,
+        "normalisation": {"mean": mean, "std": std},
+    }
+
+
+def line(r: dict[str, Any]) -> str:
+    """The one printed line of a record."""
+    own = "" if r["own_test_acc"] is None else f"; its own test {100 * r['own_test_acc']:.2f} %"
+    digit = "" if r["digit_acc"] is None else f", digit accuracy {100 * r['digit_acc']:.2f} %"
+    rules = "".join(f", rule {k} {100 * v:.2f} %" for k, v in r["rules"].items() if k != "main")
+    return (f"{r['checkpoint']}: {r['model']} seed {r['trained_seed']} ({r['trained_source']}) on {r['n_pairs']} {r['source']} "
+            f"test pairs (seed {r['seed']}): accuracy {100 * r['acc']:.2f} % ({r['errors']} errors){digit}{rules}{own}")
+
+
+def summarise(records: list[dict[str, Any]], out_dir: Path, sweep: Path) -> str:
+    """Write ``summary.csv`` and ``report.md`` for a sweep folder; return the report text."""
+    import pandas as pd
+
+    rows = []
+    for r in records:
+        row = {k: r[k] for k in ("model", "trained_seed", "trained_source", "own_test_acc", "source", "seed", "n_pairs", "acc", "errors", "digit_acc")}
+        row.update({f"rule_{k}": v for k, v in r["rules"].items()})
+        row["job"] = Path(r["checkpoint"]).parts[-3]
+        rows.append(row)
+    df = pd.DataFrame(rows).set_index("job")
+    df.to_csv(out_dir / "summary.csv")
+
+    def ms(s) -> str:
+        s = s.dropna().astype(float) * 100
+        return "-" if s.empty else f"{s.mean():.2f} ± {s.std(ddof=1):.2f}" if len(s) > 1 else f"{s.mean():.2f}"
+
+    sources = ", ".join(sorted(df["trained_source"].dropna().unique()))
+    lines = [
+        f"# Evaluation of {sweep}", "",
+        f"Test pairs: {df['n_pairs'].iloc[0]} per checkpoint from `{df['source'].iloc[0]}`, each checkpoint's own "
+        f"normalisation; trained on `{sources}`. Accuracy in %, mean ± sample std over the jobs.", "",
+        "| model | jobs | own test pairs (sweep) | these test pairs | difference | digit accuracy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for model, g in df.groupby("model", sort=False):
+        diff = g["acc"] - g["own_test_acc"].astype(float)
+        lines.append(f"| `{model}` | {len(g)} | {ms(g['own_test_acc'])} | {ms(g['acc'])} | {ms(diff)} pp | {ms(g['digit_acc'])} |")
+    text = "\n".join(lines) + "\n"
+    (out_dir / "report.md").write_text(text)
+    return text
+
+
+def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
+    """Evaluate ``cfg.ckpt_path`` (see the module doc); write the outputs; return the records.
+
+    Raises:
+        ConfigError: bad input (a missing or foreign checkpoint, an empty folder, a bad
+            source, seed or pair count), before any evaluation.
+    """
+    from digitpairs.runtime import configure_cpu
+    from digitpairs.task import _quiet_lightning_console, write_json
+
+    if cfg.get("ckpt_path") in (None, ""):
+        raise ConfigError("ckpt_path", None, "a checkpoint file, a run folder or a sweep folder (ckpt_path=<path>)")
+    if cfg.seed is not None:
+        require_number("seed", cfg.seed, 0, integer=True)
+    require_number("data.n_pairs", cfg.data.n_pairs, 1, integer=True)
+    require_number("data.eval_batch_size", cfg.data.eval_batch_size, 1, integer=True)
+    files, is_sweep = find_checkpoints(cfg.ckpt_path)
+    for f in files:  # every checkpoint checked before any work
+        ckpt_io.normalisation(ckpt_io.load(f), value=str(f))
+    _quiet_lightning_console()
+    configure_cpu(cfg.threads, cfg.cpu.flush_denormal, cfg.cpu.tune_malloc)
+    root = Path(cfg.data.root)
+    root = root if root.is_absolute() else Path(cfg.paths.root) / root
+    records = []
+    for f in files:
+        record = evaluate_one(f, cfg.data, str(root), cfg.seed)
+        print(line(record), flush=True)
+        records.append(record)
+    out_dir = Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_json(out_dir / "metrics.json", {"ckpt_path": str(cfg.ckpt_path), "status": "ok", "results": records})
+    if is_sweep:
+        print(summarise(records, out_dir, Path(cfg.ckpt_path)), end="")
+    log.info("evaluation written to %s", out_dir)
+    return records
+
+
+def run(cfg: DictConfig) -> list[dict[str, Any]]:
+    """:func:`evaluate` with bad input reported as one line on stderr, exit 2."""
+    import sys
+
+    try:
+        return evaluate(cfg)
+    except ConfigError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
