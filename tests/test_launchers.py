@@ -121,13 +121,13 @@ def test_warning_signal_mid_training_saves_a_checkpoint_and_records_killed(tmp_p
            "logger=none", f"hydra.run.dir={run_dir}"]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.time() + 120
+        deadline = time.time() + 300
         while not list(run_dir.glob("*.log")) or "data source" not in next(run_dir.glob("*.log")).read_text():
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.2)
         time.sleep(2.0)  # a few epochs
         proc.send_signal(signal.SIGUSR2)
-        _, stderr = proc.communicate(timeout=60)
+        _, stderr = proc.communicate(timeout=240)
     finally:
         proc.kill()
     assert proc.returncode == 1, stderr[-2000:]
