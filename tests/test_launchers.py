@@ -104,8 +104,9 @@ def test_plan_respects_a_launcher_chosen_in_args():
 
 def test_make_study_passes_args_to_the_plan():
     args = "hydra/launcher=digitpairs_slurm hydra.launcher.partition=debug hydra.launcher.cpus_per_task=1"
-    out = subprocess.run(["make", "-n", "study", f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True, timeout=60)
-    line = out.stdout.strip().splitlines()[-1]
+    out = subprocess.run(["make", "--no-print-directory", "-n", "study", f"ARGS={args}"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=60)
+    line = next(ln for ln in out.stdout.splitlines() if "train.py -m experiment=study" in ln)
     assert "joblib" not in line and "n_jobs" not in line and " threads=1 " in line and line.endswith(args)
 
 
