@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.install-stamp
 ARGS    ?=
 SWEEP   ?=
 
-.PHONY: help install train test test-slurm sweep grid study report tensorboard bench clean
+.PHONY: help install train test test-slurm sweep grid study beyond report tensorboard bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -45,6 +45,9 @@ grid: install  ## the study's grid search for one model on the validation split 
 
 study: install  ## 3 models x 15 seeds x 50 epochs, then the report (ARGS="model=convnet,ws,ws_aux,aux")
 	$(PY) train.py -m experiment=study $(PLAN) $(ARGS)
+
+beyond: install  ## the best model (recipe=beyond) and ws_aux, 15 seeds each, then the report (issue #7)
+	$(PY) train.py -m experiment=beyond $(PLAN) $(ARGS)
 
 report: install  ## (re)build the report of a sweep: make report SWEEP=outputs/multirun/<folder>
 	$(PY) -m digitpairs.report $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multirun/*))))

@@ -69,3 +69,36 @@ class EpochHistory(L.Callback):
         # the validation metrics of this epoch are in callback_metrics by now (fresh)
         if not trainer.sanity_checking:
             self._put(trainer, self.eval_keys, trainer.current_epoch)
+
+
+class EpochLog(L.Callback):
+    """One log line every ``every`` epochs (and after the last), instead of a progress bar.
+
+    For logs that are files, not terminals (``python train.py > out.log``, SLURM and
+    joblib job logs), where a progress bar writes a refresh per step. Reads what
+    :class:`EpochHistory` recorded, so it must come after it in the callback list.
+
+    Args:
+        history: the run's :class:`EpochHistory`.
+        every: epochs between two lines (>= 1).
+    """
+
+    def __init__(self, history: EpochHistory, every: int) -> None:
+        self.history, self.every, self._logged = history, max(1, int(every)), 0
+
+    def _log(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        import logging
+
+        done = self.history._train_epochs  # epochs whose training metrics are recorded
+        if done <= self._logged or not (done % self.every == 0 or done >= trainer.max_epochs):
+            return
+        self._logged = done
+        parts = []
+        for key, fmt in (("train/loss", "{:.4f}"), ("train/acc", "{:.2%}"), ("val/acc", "{:.2%}"), ("lr", "{:g}")):
+            series = self.history.history.get(key, [])
+            if len(series) >= done and not math.isnan(series[done - 1]):
+                parts.append(f"{key} {fmt.format(series[done - 1])}")
+        logging.getLogger("digitpairs.task").info("epoch %d/%d: %s", done, trainer.max_epochs, ", ".join(parts))
+
+    on_train_epoch_start = _log
+    on_train_end = _log

@@ -21,14 +21,22 @@ def config_groups(conf_dir: Path = CONF_DIR) -> set[str]:
     return {p.name for p in conf_dir.iterdir() if p.is_dir() and p.name != "hydra"} if conf_dir.is_dir() else set()
 
 
-def register_resolvers() -> None:
-    """Register ``${project_root:}``: the folder holding ``train.py`` and ``conf/``.
+def zero_pad(value: int | str, width: int | str) -> str:
+    """``${zpad:7,3}`` -> ``"007"``: numbers that sort as text (job folders, run names)."""
+    return str(value).zfill(int(width))
 
-    Data and output paths are resolved against it, not against the working directory
-    (DESIGN §6). Safe to call more than once.
+
+def register_resolvers() -> None:
+    """Register ``${project_root:}``, the folder holding ``train.py`` and ``conf/``, and
+    ``${zpad:value,width}`` (:func:`zero_pad`).
+
+    Data and output paths are resolved against the project root, not against the
+    working directory (DESIGN §6). Safe to call more than once.
     """
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
+    if not OmegaConf.has_resolver("zpad"):
+        OmegaConf.register_new_resolver("zpad", zero_pad)
 
 
 def group_options(group: str, conf_dir: Path = CONF_DIR) -> list[str]:

@@ -28,8 +28,9 @@ from pathlib import Path
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from digitpairs.augment import AUGMENTS, RandomDigitAffine
 from digitpairs.errors import ConfigError, require_number
 
 log = logging.getLogger(__name__)
@@ -270,6 +271,42 @@ class IndexBatches(Sampler):
         return full + (1 if rest and not self.drop_last else 0)
 
 
+class RepairBatches(IndexBatches):
+    """Each epoch a fresh random pairing of ``2n`` digits, in batches (``data.repair=true``).
+
+    Yields ``int64 (b, 2)`` index rows into the digits: one permutation of all ``2n``
+    digits per epoch (torch's global generator), read as ``n`` rows of two, cut into
+    batches of ``batch_size`` pairs. Args as :class:`IndexBatches`, ``n`` counting pairs.
+    """
+
+    def __iter__(self):
+        order = torch.randperm(2 * self.n).view(self.n, 2)
+        batches = list(order.split(self.batch_size))
+        if self.drop_last and len(batches[-1]) < self.batch_size:
+            batches.pop()
+        return iter(batches)
+
+
+class DigitPairs(Dataset):
+    """Pairs made on the fly from single digits: ``ds[idx]`` for ``idx int64 (b, 2)``
+    returns ``(x float32 (b, 2, 14, 14), target int64 (b,), classes int64 (b, 2))`` with
+    ``target = (classes[:, 0] <= classes[:, 1])``.
+
+    Args:
+        digits: ``float32 (M, 14, 14)``; classes: ``int64 (M,)``, ``M`` even.
+    """
+
+    def __init__(self, digits: torch.Tensor, classes: torch.Tensor) -> None:
+        self.digits, self.classes = digits, classes
+
+    def __getitem__(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        classes = self.classes[idx]
+        return self.digits[idx], (classes[:, 0] <= classes[:, 1]).long(), classes
+
+    def __len__(self) -> int:
+        return len(self.classes) // 2
+
+
 class PairDataModule(L.LightningDataModule):
     """Pairs of real MNIST digits for training, validation and test (DESIGN §1).
 
@@ -284,17 +321,27 @@ class PairDataModule(L.LightningDataModule):
         n_pairs: pairs drawn for training (from the train pool) and for test (from the
             test pool); 1000 in the study.
         val_fraction: share of the training pairs held out for validation, in [0, 1).
-        batch_size: training batch size (100 in the study). If the last batch of an
+        batch_size: training batch size, >= 2 (100 in the study). If the last batch of an
             epoch would hold a single pair, that pair is dropped for that epoch (it
             would crash BatchNorm1d); a different pair each epoch, as batches are shuffled.
         eval_batch_size: batch size for validation and test.
         seed: draws train pairs, test pairs and the validation split, in that order.
         test_curve: also evaluate the test pairs after every training epoch, under the
             name ``curve`` (for the study's Fig. 2 only; never used to choose anything).
+        augment: ``none`` (the study) or ``affine``: each training digit of each batch
+            gets its own random affine map (:class:`~digitpairs.augment.RandomDigitAffine`
+            with ``shift`` px, ``rotate`` degrees, ``scale``); training batches only.
+        shift, rotate, scale: the affine strengths (used with ``augment=affine``).
+        repair: re-pair the training digits at random every epoch, targets recomputed
+            from the classes (:class:`RepairBatches`); the training pairs' digits only,
+            validation and test pairs untouched. The final ``train`` accuracy is still
+            measured on the drawn training pairs.
 
     Raises:
         ConfigError: for a bad ``source``, ``val_fraction``, ``batch_size``,
-            ``eval_batch_size`` or ``n_pairs`` (the last when :meth:`setup` sees the pool).
+            ``eval_batch_size``, ``augment`` or strength, or ``n_pairs`` (the last when
+            :meth:`setup` sees the pool). BatchNorm1d cannot train on a batch of one pair,
+            so ``batch_size`` must be >= 2 and at least 2 pairs must be left for training.
     """
 
     def __init__(
@@ -307,17 +354,32 @@ class PairDataModule(L.LightningDataModule):
         eval_batch_size: int = 1000,
         seed: int = 0,
         test_curve: bool = False,
+        augment: str = "none",
+        shift: float = 1.5,
+        rotate: float = 12.0,
+        scale: float = 0.1,
+        repair: bool = False,
     ) -> None:
         super().__init__()
+        if augment not in AUGMENTS:
+            raise ConfigError("data.augment", augment, f"one of {', '.join(AUGMENTS)}")
+        if not isinstance(repair, bool):
+            raise ConfigError("data.repair", repair, "true or false")
+        augmenter = RandomDigitAffine(shift, rotate, scale)  # checks the strengths even when off
+        self.augmenter = augmenter if augment == "affine" else None
+        self.repair = repair
         if source not in SOURCES:
             raise ConfigError("data.source", source, f"one of {', '.join(SOURCES)}")
         require_number("data.val_fraction", val_fraction, 0, high=1)
-        require_number("data.batch_size", batch_size, 1, integer=True)
+        require_number("data.batch_size", batch_size, 2, integer=True)  # BatchNorm1d trains on >= 2 samples
         require_number("data.eval_batch_size", eval_batch_size, 1, integer=True)
         require_number("data.n_pairs", n_pairs, 1, integer=True)
         n_val = round(val_fraction * n_pairs)
-        if val_fraction > 0 and not 1 <= n_val < n_pairs:
-            raise ConfigError("data.val_fraction", val_fraction, f"a share of data.n_pairs={n_pairs} leaving >= 1 pair on each side")
+        if val_fraction > 0 and not 1 <= n_val <= n_pairs - 2:
+            raise ConfigError("data.val_fraction", val_fraction,
+                              f"a share of data.n_pairs={n_pairs} leaving >= 1 validation pair and >= 2 training pairs")
+        if n_pairs - n_val < 2:  # one training pair: BatchNorm1d cannot train on a batch of one
+            raise ConfigError("data.n_pairs", n_pairs, "an integer >= 2 (BatchNorm1d trains on batches of >= 2 pairs)")
         self.save_hyperparameters(logger=False)
         self.source, self.root, self.n_pairs, self.n_val = source, root, n_pairs, n_val
         self.batch_size, self.eval_batch_size, self.seed, self.test_curve = batch_size, eval_batch_size, seed, test_curve
@@ -336,12 +398,18 @@ class PairDataModule(L.LightningDataModule):
         order = torch.randperm(self.n_pairs, generator=g)
         fit_idx, val_idx = order[self.n_val :], order[: self.n_val]
         x_fit = x[fit_idx]
-        self.mean, self.std = x_fit.mean().item(), x_fit.std().item()
+        # float64 in NumPy (single-threaded): the same two numbers at any torch thread count
+        # (torch's float32 sums differed in the 7th digit between 1 and 2 threads)
+        pixels = x_fit.numpy().astype("float64")
+        self.mean, self.std = float(pixels.mean()), float(pixels.std(ddof=1))
         norm = lambda a: ((a - self.mean) / self.std).contiguous()  # noqa: E731
         self.sets["train"] = TensorDataset(norm(x_fit), t[fit_idx], c[fit_idx])
         if self.n_val:
             self.sets["val"] = TensorDataset(norm(x[val_idx]), t[val_idx], c[val_idx])
         self.sets["test"] = TensorDataset(norm(x_test), t_test, c_test)
+        if self.repair:  # the training pairs' digits, one by one, for a fresh pairing every epoch
+            x_train, _, c_train = self.sets["train"].tensors
+            self.digits = DigitPairs(x_train.reshape(-1, *x_train.shape[2:]), c_train.reshape(-1))
         log.info(
             "data: source=%s (asked: %s) train pool %d, test pool %d images; pairs train=%d val=%d test=%d",
             self.resolved_source, self.source, len(train_pool), len(test_pool),
@@ -359,8 +427,20 @@ class PairDataModule(L.LightningDataModule):
         return DataLoader(ds, sampler=sampler, batch_size=None)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (a fresh order every epoch)."""
-        return self._loader("train", train=True)
+        """Shuffled training batches (a fresh order every epoch); with ``repair``, a fresh
+        pairing of the training digits every epoch."""
+        if not self.repair:
+            return self._loader("train", train=True)
+        n = len(self.digits)
+        sampler = RepairBatches(n, self.batch_size, shuffle=True, drop_last=n % self.batch_size == 1 and n > 1)
+        return DataLoader(self.digits, sampler=sampler, batch_size=None)
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        """With ``augment=affine``: warp the digits of training batches (never in evaluation)."""
+        if self.augmenter is None or self.trainer is None or not self.trainer.training:
+            return batch
+        x, target, classes = batch
+        return self.augmenter(x, fill=-self.mean / self.std), target, classes
 
     def val_dataloader(self) -> dict[str, DataLoader]:
         """``{"val": ...}`` if a validation split exists, plus ``{"curve": test}`` with ``test_curve``."""

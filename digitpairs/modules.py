@@ -13,7 +13,10 @@ All constructors take plain numbers, strings and booleans, so a checkpoint resto
 ``WSAuxModule.load_from_checkpoint(path)`` and no extra arguments.
 
 Optimiser (the study's recipe, DESIGN §3): SGD, ``lr1`` for the first
-``floor(switch_fraction * max_epochs)`` epochs, then ``lr2``; stepped per epoch.
+``floor(switch_fraction * max_epochs)`` epochs, then ``lr2``; stepped per epoch
+(``schedule=step``). ``schedule=onecycle`` (``optim=sgd_onecycle``): SGD with a one-cycle
+schedule peaking at ``lr1`` (``torch.optim.lr_scheduler.OneCycleLR``, Smith & Topin
+2019), stepped per batch; ``lr2`` and ``switch_fraction`` are then unused.
 """
 
 from __future__ import annotations
@@ -28,8 +31,9 @@ from torch import nn
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from digitpairs.errors import RunFailed, require_number
-from digitpairs.nets import ConvNet, TwoBranchNet
+from digitpairs.errors import ConfigError, RunFailed, require_number
+from digitpairs.nets import TRUNKS, ConvNet, TwoBranchNet
+from digitpairs.rules import RULES, decide
 
 # Evaluation loaders (stage, loader name) -> prefix of their logged metrics. The "curve"
 # loader is the test set evaluated after each epoch for the Fig. 2 curves only.
@@ -43,6 +47,7 @@ EVAL_PREFIX = {
 EVAL_KEYS = [f"{stage}_{name}" for stage, name in EVAL_PREFIX]
 
 log = logging.getLogger(__name__)
+SCHEDULES = ("step", "onecycle")
 
 
 def _accuracy(num_classes: int) -> MulticlassAccuracy:
@@ -75,10 +80,15 @@ class PairModule(L.LightningModule):
             reads (a double softmax; off by default, see DESIGN §2).
         channels_last: run convolutions in channels-last memory format (same results,
             1.3-1.8x faster on CPU).
+        schedule: ``step`` (the study: lr1, then lr2) or ``onecycle`` (peak lr1, per batch).
+        nesterov: Nesterov momentum (needs ``momentum`` > 0).
+        label_smoothing: label smoothing of the training cross-entropies, in [0, 1)
+            (0 in the study; Szegedy et al. 2016). Evaluation losses use none.
 
     Raises:
         ConfigError: a learning rate <= 0, ``gamma``/``weight_decay``/``momentum`` < 0,
-            or ``switch_fraction`` outside [0, 1].
+            ``switch_fraction`` outside [0, 1], an unknown ``schedule``, ``nesterov``
+            without momentum, or ``label_smoothing`` outside [0, 1).
     """
 
     has_aux = False
@@ -94,8 +104,16 @@ class PairModule(L.LightningModule):
         gamma: float = 1.0,
         literal_softmax: bool = False,
         channels_last: bool = True,
+        schedule: str = "step",
+        nesterov: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__()
+        if schedule not in SCHEDULES:
+            raise ConfigError("optim.schedule", schedule, f"one of {', '.join(SCHEDULES)}")
+        if nesterov and not momentum > 0:
+            raise ConfigError("optim.nesterov", nesterov, "false unless optim.momentum > 0")
+        require_number("loss.label_smoothing", label_smoothing, 0, high=1)
         require_number("optim.lr1", lr1, 0, strict=True)
         require_number("optim.lr2", lr2, 0, strict=True)
         require_number("optim.weight_decay", weight_decay, 0)
@@ -109,6 +127,7 @@ class PairModule(L.LightningModule):
         self.eval_errors = nn.ModuleDict({key: SumMetric() for key in EVAL_KEYS})
         if self.has_aux:
             self.eval_digit_acc = nn.ModuleDict({key: _accuracy(10) for key in EVAL_KEYS})
+            self.eval_rule_acc = nn.ModuleDict({f"{key}_{rule}": _accuracy(2) for key in EVAL_KEYS for rule in RULES})
 
     # ---- what subclasses provide -------------------------------------------------
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -121,7 +140,8 @@ class PairModule(L.LightningModule):
     def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.hparams.literal_softmax:
             logits = logits.softmax(dim=-1)  # Table 1 as printed: softmax, then CE's log-softmax
-        return F.cross_entropy(logits, target)
+        smoothing = self.hparams.get("label_smoothing", 0.0) if self.training else 0.0
+        return F.cross_entropy(logits, target, label_smoothing=smoothing)
 
     # ---- training ----------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -158,7 +178,7 @@ class PairModule(L.LightningModule):
         key, prefix = f"{stage}_{name}", EVAL_PREFIX[stage, name]
         x, target, classes = batch
         logits, digit_logits = self(x)
-        preds, n = logits.argmax(dim=1), len(target)
+        preds, n = self.predict_target(logits, digit_logits), len(target)
         log = dict(on_step=False, on_epoch=True, add_dataloader_idx=False, batch_size=n)
         self.eval_acc[key](preds, target)
         self.log(f"{prefix}acc", self.eval_acc[key], **log)
@@ -169,6 +189,15 @@ class PairModule(L.LightningModule):
         if self.has_aux:
             self.eval_digit_acc[key](digit_logits.argmax(dim=2).flatten(), classes.flatten())
             self.log(f"{prefix}digit_acc", self.eval_digit_acc[key], **log)
+            for rule in RULES:  # every decision rule's accuracy, whichever is the model's
+                metric = self.eval_rule_acc[f"{key}_{rule}"]
+                metric(decide(rule, logits, digit_logits), target)
+                self.log(f"{prefix}acc_{rule}", metric, **log)
+
+    def predict_target(self, logits: torch.Tensor, digit_logits: torch.Tensor | None) -> torch.Tensor:
+        """The model's predicted targets ``int64 (B,)``: the argmax of the comparison logits
+        (models with digit heads override this with their ``decision`` rule)."""
+        return logits.argmax(dim=1)
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
         self._eval_step(batch, "val", dataloader_idx, self.trainer.val_dataloaders)
@@ -180,12 +209,20 @@ class PairModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         switch = math.floor(hp.switch_fraction * self.trainer.max_epochs)
-        if switch == 0 and hp.switch_fraction > 0 and hp.lr1 != hp.lr2:
+        if switch == 0 and hp.switch_fraction > 0 and hp.lr1 != hp.lr2 and hp.get("schedule", "step") == "step":
             log.warning(
                 "optim.switch_fraction=%s x trainer.max_epochs=%s < 1 epoch: lr1 is never used, every epoch runs at lr2=%s",
                 hp.switch_fraction, self.trainer.max_epochs, hp.lr2,
             )
-        opt = torch.optim.SGD(self.parameters(), lr=hp.lr1, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        nesterov = hp.get("nesterov", False)
+        opt = torch.optim.SGD(
+            self.parameters(), lr=hp.lr1, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=nesterov,
+        )
+        if hp.get("schedule", "step") == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=hp.lr1, total_steps=int(self.trainer.estimated_stepping_batches), cycle_momentum=False,
+            )
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[switch], gamma=hp.lr2 / hp.lr1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
@@ -214,13 +251,19 @@ class WSModule(PairModule):
 
     Args:
         weight_sharing: one trunk for both digits (True) or one per digit.
+        trunk: the digit trunk: ``table1`` (the study) or ``wide`` (:class:`~digitpairs.nets.WideConvNet`).
         **kwargs: see :class:`PairModule`.
+
+    Raises:
+        ConfigError: an unknown ``trunk`` (and see :class:`PairModule`).
     """
 
-    def __init__(self, weight_sharing: bool = True, **kwargs) -> None:
+    def __init__(self, weight_sharing: bool = True, trunk: str = "table1", **kwargs) -> None:
+        if trunk not in TRUNKS:
+            raise ConfigError("model.trunk", trunk, f"one of {', '.join(TRUNKS)}")
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False)
-        self.net = TwoBranchNet(weight_sharing=weight_sharing).to(memory_format=self.memory_format)
+        self.net = TwoBranchNet(weight_sharing=weight_sharing, trunk=trunk).to(memory_format=self.memory_format)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``."""
@@ -235,21 +278,32 @@ class WSAuxModule(WSModule):
     gamma 1); each term is logged as ``train/loss_main``, ``train/loss_digit1``,
     ``train/loss_digit2`` (already weighted).
 
+    Evaluation logs the accuracy of all three decision rules (``*acc_comparator``,
+    ``*acc_argmax``, ``*acc_prob``, see :mod:`digitpairs.rules`); ``decision`` chooses
+    which one is the model's ``*acc`` and ``*errors``. Logged losses are the comparator's.
+
     Args:
         alpha: weight of each auxiliary loss, >= 0.
-        weight_sharing, **kwargs: see :class:`WSModule` and :class:`PairModule`.
+        decision: ``comparator`` (the study), ``argmax`` or ``prob``.
+        weight_sharing, trunk, **kwargs: see :class:`WSModule` and :class:`PairModule`.
 
     Raises:
-        ConfigError: ``alpha`` < 0 (and see :class:`PairModule`).
+        ConfigError: ``alpha`` < 0, an unknown ``decision`` (and see :class:`PairModule`).
     """
 
     has_aux = True
     loss_terms = ("main", "digit1", "digit2")
 
-    def __init__(self, alpha: float = 0.75, weight_sharing: bool = True, **kwargs) -> None:
+    def __init__(self, alpha: float = 0.75, weight_sharing: bool = True, decision: str = "comparator", **kwargs) -> None:
         require_number("loss.alpha", alpha, 0)
+        if decision not in RULES:
+            raise ConfigError("model.decision", decision, f"one of {', '.join(RULES)}")
         super().__init__(weight_sharing=weight_sharing, **kwargs)
         self.save_hyperparameters(logger=False)
+
+    def predict_target(self, logits: torch.Tensor, digit_logits: torch.Tensor | None) -> torch.Tensor:
+        """Predicted targets ``int64 (B,)`` under the model's ``decision`` rule."""
+        return decide(self.hparams.decision, logits, digit_logits)
 
     def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
         terms = super().losses(logits, digit_logits, target, classes)

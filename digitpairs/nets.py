@@ -8,6 +8,7 @@ Parameter counts (checked by the tests)::
     ConvNet(2, 2)                          91,406   model=convnet
     TwoBranchNet(weight_sharing=True)     103,128   model=ws, model=ws_aux
     TwoBranchNet(weight_sharing=False)    195,054   model=aux
+    TwoBranchNet(trunk="wide")            151,660   model=digit_classifier
 
 Shapes: a batch of pairs is ``float32 (B, 2, 14, 14)``.
 """
@@ -100,6 +101,62 @@ class ConvNet(nn.Sequential):
         )
 
 
+def _conv_bn_relu(c_in: int, c_out: int) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU()]
+
+
+class WideConvNet(nn.Sequential):
+    """A wider all-convolutional trunk (``model.trunk=wide``; not in the study).
+
+    Layers (3x3 convolutions with padding 1, each followed by BatchNorm2d and ReLU)::
+
+        conv 32 -> conv 32 -> MaxPool2d(2)          32 x 7 x 7
+        conv 64 -> conv 64 -> MaxPool2d(2)          64 x 3 x 3
+        conv 128 -> global average pool            128
+        Dropout(p) -> Linear(128, k)
+
+    The convolutions have no bias (BatchNorm follows). This is the trunk of issue #7's
+    lead (VGG-style blocks, Simonyan & Zisserman 2015, with BatchNorm, Ioffe & Szegedy 2015).
+
+    Args:
+        c_in: input channels; k: output logits; p_drop: dropout before the last layer.
+
+    Input ``float32 (B, c_in, 14, 14)``; output ``float32 (B, k)`` logits.
+
+    Raises:
+        ValueError: if ``c_in`` or ``k`` is below 1, or ``p_drop`` is outside [0, 1).
+    """
+
+    def __init__(self, c_in: int, k: int, p_drop: float = 0.3) -> None:
+        if c_in < 1 or k < 1:
+            raise ValueError(f"WideConvNet: c_in={c_in} and k={k} must both be >= 1")
+        if not 0.0 <= p_drop < 1.0:
+            raise ValueError(f"WideConvNet: p_drop={p_drop} must lie in [0, 1)")
+        super().__init__(
+            *_conv_bn_relu(c_in, 32), *_conv_bn_relu(32, 32), nn.MaxPool2d(2),
+            *_conv_bn_relu(32, 64), *_conv_bn_relu(64, 64), nn.MaxPool2d(2),
+            *_conv_bn_relu(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            Dropout(p_drop), nn.Linear(128, k),
+        )
+
+
+TRUNKS = ("table1", "wide")
+
+
+def make_trunk(trunk: str, c_in: int, k: int, p_drop: float = 0.2) -> nn.Module:
+    """The digit trunk named ``trunk``: ``table1`` (:class:`ConvNet` with dropout
+    ``p_drop``) or ``wide`` (:class:`WideConvNet`, its own dropout 0.3).
+
+    Raises:
+        ValueError: an unknown name.
+    """
+    if trunk == "table1":
+        return ConvNet(c_in, k, p_drop)
+    if trunk == "wide":
+        return WideConvNet(c_in, k, 0.3)
+    raise ValueError(f"trunk={trunk!r}: expected one of {', '.join(TRUNKS)}")
+
+
 class Comparator(nn.Sequential):
     """The comparator MLP of Table 1: two digits' 10 probabilities -> 2 logits.
 
@@ -125,18 +182,20 @@ class TwoBranchNet(nn.Module):
 
     Args:
         weight_sharing: one trunk for both digits (True) or one trunk per digit.
-        p_drop: dropout probability in trunk and comparator (0.2 in the study).
+        p_drop: dropout probability of the comparator and the table1 trunk (0.2 in the study).
+        trunk: the digit trunk, ``table1`` (the study's ConvNet) or ``wide``
+            (:class:`WideConvNet`); see :func:`make_trunk`.
 
     ``forward(x)`` takes ``float32 (B, 2, 14, 14)`` and returns ``(logits, digit_logits)``:
     ``float32 (B, 2)`` comparison logits and ``float32 (B, 2, 10)`` digit logits of the
     first and second digit. The comparator's input is ``softmax(digit_logits)``.
     """
 
-    def __init__(self, weight_sharing: bool = True, p_drop: float = 0.2) -> None:
+    def __init__(self, weight_sharing: bool = True, p_drop: float = 0.2, trunk: str = "table1") -> None:
         super().__init__()
         self.weight_sharing = weight_sharing
-        self.branch1 = ConvNet(1, 10, p_drop)
-        self.branch2 = self.branch1 if weight_sharing else ConvNet(1, 10, p_drop)
+        self.branch1 = make_trunk(trunk, 1, 10, p_drop)
+        self.branch2 = self.branch1 if weight_sharing else make_trunk(trunk, 1, 10, p_drop)
         self.comparator = Comparator(p_drop)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

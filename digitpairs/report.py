@@ -6,13 +6,14 @@ Writes into the sweep folder (and runs automatically at the end of ``experiment=
 
 - ``report.md``: per model (or configuration), over its runs: mean ± sample std of
   test accuracy, a 95% confidence interval of the mean (Student t), min, median, max,
-  mean test errors, the digit accuracy of the aux heads, and the study's figure beside
+  mean test errors, the digit accuracy of the aux heads, the mean test accuracy of each
+  decision rule of the aux models (comparator / argmax / prob), and the study's figure beside
   ours; below it, Welch t-tests (``scipy.stats.ttest_ind(equal_var=False)``) between
   every two models, and the jobs that failed.
 - ``boxplot.png``: test accuracy per model over the runs (the study's Fig. 3).
 - ``curves.png``: train loss (the comparison's cross-entropy, without aux terms, so
   that models compare; geometric mean and ±1 std of its log) and test accuracy per
-  epoch (mean, ±1 std band), one line per model (the study's Fig. 2). The per-epoch test accuracy comes from
+  epoch (mean, ±1 std band clipped to [0, 100] %), one line per model (the study's Fig. 2). The per-epoch test accuracy comes from
   ``data.test_curve=true`` and is drawn only; nothing is chosen with it.
 """
 
@@ -73,13 +74,25 @@ def describe(values: list[float]) -> dict[str, float]:
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
-    """Welch's two-sided t-test of two samples: ``(t, p)``; ``nan`` with under 2 runs."""
+    """Welch's two-sided t-test of two samples: ``(t, p)``; ``nan`` where it is undefined
+    (see :func:`welch_undefined`)."""
     from scipy import stats
 
-    if len(a) < 2 or len(b) < 2:
+    if welch_undefined(a, b):
         return math.nan, math.nan
     res = stats.ttest_ind(a, b, equal_var=False)
     return float(res.statistic), float(res.pvalue)
+
+
+def welch_undefined(a: list[float], b: list[float]) -> str | None:
+    """Why Welch's t-test of ``a`` and ``b`` has no answer, or None when it has one:
+    ``"one run"`` (a group with fewer than 2 runs: no variance estimate) or ``"no variance"``
+    (both groups constant: t is infinite or 0/0, and p meaningless)."""
+    if len(a) < 2 or len(b) < 2:
+        return "one run"
+    if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
+        return "no variance"
+    return None
 
 
 def _fmt(x: float, digits: int = 2) -> str:
@@ -106,18 +119,21 @@ def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, lis
         lines += ["**The study's figures are for 50 epochs; these runs trained for fewer or more.**", ""]
     lines += [
         "| model | runs | test acc mean ± std | 95% CI | min | median | max | test errors (mean) "
-        "| digit acc, aux heads | study (15 runs) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| digit acc, aux heads | comparator / argmax / prob rule | study (15 runs) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for label, runs in groups.items():
         d = describe([100 * r["test_acc"] for r in runs])
         errors = statistics.fmean(float(r["test_errors"]) for r in runs)
         digits = [100 * r["digit_acc"] for r in runs if not math.isnan(r["digit_acc"])]
         ref = STUDY.get(label)
+        rules = [[100 * r.get(f"test_acc_{rule}", math.nan) for r in runs] for rule in ("comparator", "argmax", "prob")]
+        rules_cell = " / ".join(_fmt(statistics.fmean(v)) for v in rules) if not math.isnan(rules[0][0]) else "-"
         lines.append(
             f"| {label} | {d['n']} | {_fmt(d['mean'])} ± {_fmt(d['std'])} | [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}] "
             f"| {_fmt(d['min'])} | {_fmt(d['median'])} | {_fmt(d['max'])} | {_fmt(errors, 1)} "
-            f"| {_fmt(statistics.fmean(digits)) if digits else '-'} | {f'{ref[0]:.2f} ± {ref[1]:.2f}' if ref else '-'} |"
+            f"| {_fmt(statistics.fmean(digits)) if digits else '-'} | {rules_cell} "
+            f"| {f'{ref[0]:.2f} ± {ref[1]:.2f}' if ref else '-'} |"
         )
     lines += ["", "## Welch t-tests of test accuracy", ""]
     pairs = list(combinations(groups, 2))
@@ -126,7 +142,9 @@ def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, lis
         for a, b in pairs:
             va, vb = [100 * r["test_acc"] for r in groups[a]], [100 * r["test_acc"] for r in groups[b]]
             t, p = welch(va, vb)
-            lines.append(f"| {a} | {b} | {statistics.fmean(va) - statistics.fmean(vb):+.2f} | {_fmt(t)} | {p:.2g} |")
+            why = welch_undefined(va, vb)
+            t_cell, p_cell = (f"n/a ({why})", f"n/a ({why})") if why else (_fmt(t), f"{p:.2g}")
+            lines.append(f"| {a} | {b} | {statistics.fmean(va) - statistics.fmean(vb):+.2f} | {t_cell} | {p_cell} |")
     else:
         lines.append("Only one group: nothing to compare.")
     if failed:
@@ -144,6 +162,34 @@ def _histories(sweep_dir: Path, runs: list[dict[str, Any]], key: str) -> list[li
         if series:
             out.append([math.nan if v is None else v for v in series])
     return out
+
+
+def mean_band(arr, log_scale: bool = False, limits: tuple[float, float] | None = None):
+    """Per-epoch mean and ±1 std band of runs' curves, as drawn in ``curves.png``.
+
+    Args:
+        arr: ``float (runs, epochs)``; ``nan`` where a run has no value (ignored).
+        log_scale: mean and std of ``log(arr)``, turned back (a geometric mean and band).
+        limits: clip the band to ``(low, high)``, e.g. ``(0, 100)`` for accuracy in %,
+            so that mean ± std never draws above 100 %.
+
+    Returns:
+        ``(mean, low, high)``, each ``float (epochs,)``.
+    """
+    import numpy as np
+
+    arr = np.asarray(arr, dtype=float)
+    if log_scale:
+        arr = np.log(np.clip(arr, 1e-12, None))
+    with warnings.catch_warnings():  # epochs that no run evaluated stay nan
+        warnings.simplefilter("ignore", RuntimeWarning)
+        mean, std = np.nanmean(arr, axis=0), np.nanstd(arr, axis=0)
+    low, high = mean - std, mean + std
+    if log_scale:
+        mean, low, high = np.exp(mean), np.exp(low), np.exp(high)
+    if limits is not None:
+        low, high = np.clip(low, *limits), np.clip(high, *limits)
+    return mean, low, high
 
 
 def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
@@ -184,14 +230,7 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
             n = min(map(len, series))
             arr = scale * np.array([s[:n] for s in series], dtype=float)
             log_scale = key.startswith("train/loss")  # losses span decades: mean and band in log space
-            if log_scale:
-                arr = np.log(np.clip(arr, 1e-12, None))
-            with warnings.catch_warnings():  # epochs that no run evaluated stay nan
-                warnings.simplefilter("ignore", RuntimeWarning)
-                mean, std = np.nanmean(arr, axis=0), np.nanstd(arr, axis=0)
-            low, high = mean - std, mean + std
-            if log_scale:
-                mean, low, high = np.exp(mean), np.exp(low), np.exp(high)
+            mean, low, high = mean_band(arr, log_scale=log_scale, limits=None if log_scale else (0.0, 100.0))
             epochs = np.arange(1, n + 1)
             keep = np.isfinite(mean)  # the test curve may be evaluated every k epochs only
             ax.plot(epochs[keep], mean[keep], marker="." if not keep.all() else None, label=f"{label} ({len(series)} runs)")

@@ -3,8 +3,8 @@
 Files written into the sweep folder:
 
 - ``summary.csv``: one row per job (``status`` ok / failed / invalid / killed / missing), with its
-  overrides, model, seed, val/test/train accuracy, test errors, digit accuracy and
-  wall time.
+  overrides, model, seed, val/test/train accuracy, test errors, digit accuracy (test and
+  val), the test accuracy of each decision rule of the aux models, and wall time.
 - ``ranking.csv``: the swept configurations (the overrides without ``seed``) ranked by
   **validation** accuracy, averaged over seeds. The test set never takes part.
 - ``best_overrides.txt``: per model, the best configuration as a ready override line.
@@ -31,8 +31,10 @@ log = logging.getLogger(__name__)
 
 COLUMNS = [
     "job", "status", "model", "seed", "source", "epochs", "precision", "config", "val_acc", "test_acc", "train_acc",
-    "test_errors", "n_test", "digit_acc", "wall_time_s", "overrides", "error",
+    "test_errors", "n_test", "digit_acc", "val_digit_acc", "test_acc_comparator", "test_acc_argmax", "test_acc_prob",
+    "wall_time_s", "overrides", "error",
 ]
+RULES = ("comparator", "argmax", "prob")  # decision rules of models with digit heads (digitpairs.rules)
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -71,6 +73,7 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         path = job_dir / "metrics.json"
         m = json.loads(path.read_text()) if path.is_file() else {"status": "missing", "error": "no metrics.json"}
         digit = m.get("digit_acc") or {}
+        rule_acc = m.get("rule_acc") or {}
         rows.append({
             "job": job_dir.name,
             "status": m.get("status", "missing"),
@@ -86,6 +89,8 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
             "test_errors": m.get("test_errors", ""),
             "n_test": m.get("n_test", ""),
             "digit_acc": _float(digit.get("test")),
+            "val_digit_acc": _float(digit.get("val")),
+            **{f"test_acc_{rule}": _float((rule_acc.get(rule) or {}).get("test")) for rule in RULES},
             "wall_time_s": _float(m.get("wall_time_s")),
             "overrides": " ".join(overrides),
             "error": m.get("error", ""),
@@ -168,6 +173,9 @@ class SweepSummary(Callback):
             from digitpairs.report import build_report
 
             build_report(sweep_dir, rows)
+        from digitpairs.tboard import write_sweep_experiment
+
+        write_sweep_experiment(sweep_dir)  # TensorBoard's HPARAMS columns: the keys that vary, then the metrics
         failed = [r for r in rows if r["status"] != "ok"]
         if failed and self.fail_on_error:
             first = failed[0]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import time
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from digitpairs.errors import ConfigError, JobInterrupted, RunFailed, require_number
+from digitpairs.rules import RULES
 
 log = logging.getLogger(__name__)
 
@@ -65,33 +67,59 @@ def _check(cfg: DictConfig) -> None:
     require_number("checkpoint_every", cfg.checkpoint_every, 1, integer=True)
 
 
-def _quiet_lightning_console() -> None:
-    """Under Hydra's logging, keep Lightning's messages to one copy and drop its ads."""
+def _quiet_lightning_console(quiet: bool = False) -> None:
+    """Under Hydra's logging, keep Lightning's messages to one copy and drop its ads.
+
+    ``quiet`` (the jobs of a sweep) also drops its INFO lines ("GPU available: False",
+    "TPU available", "`Trainer.fit` stopped"), which would repeat for every job.
+    """
     root, lightning_log = logging.getLogger(), logging.getLogger("lightning")
     if root.handlers:
         lightning_log.handlers.clear()  # the root (Hydra) handlers print and file them
-    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(lambda r: "Tip:" not in str(r.msg))
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero.addFilter(lambda r: "Tip:" not in str(r.msg))
+    rank_zero.setLevel(logging.WARNING if quiet else logging.NOTSET)
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.14, harmless
     warnings.filterwarnings("ignore", message=r".*`srun` command is available.*")  # a hint, on any machine with SLURM
+
+
+def progress_bar_shown(requested: bool, stream=None) -> bool:
+    """Whether to draw Lightning's progress bar: only when asked for and ``stream``
+    (default ``sys.stderr``, where tqdm writes) is a terminal. In a file, every refresh
+    would be a line (87.5 KB for a default run)."""
+    import sys
+
+    stream = sys.stderr if stream is None else stream
+    return bool(requested) and hasattr(stream, "isatty") and stream.isatty()
 
 
 def hparams(cfg: DictConfig, overrides: list[str], source: str) -> dict[str, Any]:
     """The flat hyperparameters shown in TensorBoard's HPARAMS tab.
 
     ``HPARAM_KEYS`` plus every key set on the command line or by the sweeper (so every
-    swept key appears), plus ``data.source`` as resolved. Values are plain scalars.
+    swept key appears), plus ``data.source`` as resolved. Values are plain scalars:
+    bool, int, float or str (``None`` where a key has no value). A config-group choice
+    (``experiment=study``) is its option's name; ``model=...`` is ``model_name``.
     """
-    keys = list(HPARAM_KEYS)
+    from digitpairs.config import config_groups
+    from digitpairs.tboard import override_keys
+
+    groups = config_groups()
+    choices = {}
     for item in overrides:
-        key = item.split("=", 1)[0].lstrip("+~")
-        if not key.startswith("hydra") and key not in keys:
-            keys.append(key)
+        key, _, value = item.partition("=")
+        if key.lstrip("+~") in groups:
+            choices[key.lstrip("+~")] = value
+    keys = list(HPARAM_KEYS) + [k for k in override_keys(overrides) if k not in HPARAM_KEYS]
     out: dict[str, Any] = {}
     for key in keys:
-        value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, DictConfig):  # a group choice such as model=ws: see model_name
+        if key in choices:
+            out[key] = choices[key]
             continue
-        out[key] = value if isinstance(value, (int, float, str, bool)) else str(value)
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, DictConfig):  # a group choice that is not an override: see model_name
+            continue
+        out[key] = value if value is None or isinstance(value, (int, float, str, bool)) else str(value)
     out["data.source"] = source
     return out
 
@@ -114,24 +142,26 @@ def write_json(path: Path, payload: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def build(cfg: DictConfig, loggers: bool = True):
+def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     """Check ``cfg`` and build ``(datamodule, model, trainer, history)`` as a run uses them.
 
     The pools are loaded and the pairs drawn here (``datamodule.setup()``), so that bad
     input fails before any training. ``loggers=False`` leaves the loggers out (the speed
-    benchmark times ``trainer.fit`` without disk I/O).
+    benchmark times ``trainer.fit`` without disk I/O). ``quiet`` drops Lightning's INFO
+    lines (a sweep's jobs). When the progress bar is asked for but the output is not a
+    terminal, a log line every tenth of the epochs replaces it (:class:`EpochLog`).
 
     Raises:
         ConfigError: bad input.
     """
     import lightning as L
 
-    from digitpairs.callbacks import EpochHistory
+    from digitpairs.callbacks import EpochHistory, EpochLog
     from digitpairs.resume import LastCheckpoint
     from digitpairs.runtime import configure_cpu
 
     _check(cfg)
-    _quiet_lightning_console()
+    _quiet_lightning_console(quiet)
     configure_cpu(cfg.threads, cfg.cpu.flush_denormal, cfg.cpu.tune_malloc)
     root = Path(cfg.data.root)
     root = root if root.is_absolute() else Path(cfg.paths.root) / root
@@ -148,14 +178,37 @@ def build(cfg: DictConfig, loggers: bool = True):
     }
     last = LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", cfg.checkpoint_every, run_info)
     callbacks = [history, last] + [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    requested = cfg.trainer.get("enable_progress_bar", True)
+    bar = progress_bar_shown(requested)
+    if requested and not bar:
+        callbacks.append(EpochLog(history, every=math.ceil(cfg.trainer.max_epochs / 10)))
     logger_list = [_instantiate(c) for c in (cfg.get("logger") or {}).values()] if loggers else []
     # LastCheckpoint is a Lightning Checkpoint (it runs after the module's epoch-end hook),
     # which Lightning accepts only with checkpointing enabled; it then adds no ModelCheckpoint.
-    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False, enable_checkpointing=True)
+    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False, enable_checkpointing=True,
+                           enable_progress_bar=bar)
     return datamodule, model, trainer, history
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def _log_session(trainer, hp: dict[str, Any], overrides: list[str], out_dir: Path, multirun: bool, has_val: bool) -> None:
+    """The run's row of the HPARAMS tab, written before training (a failed run shows too).
+
+    In a multirun the row is named ``<job>/<model>/seed=NN`` and the sweep's experiment
+    summary is written at its end (:mod:`digitpairs.sweep`); a single run also declares its
+    own experiment: its overrides first, then the final metrics it will log.
+    """
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from digitpairs.tboard import FINAL_METRICS, log_session, override_keys
+
+    metrics = [m for m in FINAL_METRICS if has_val or m != "final/val_acc"]
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):
+            name = Path(os.path.relpath(lg.log_dir, out_dir.parent if multirun else out_dir)).as_posix()
+            log_session(lg.experiment, hp, name, metrics, override_keys(overrides), experiment=not multirun)
+
+
+def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     """Train and test one model as ``cfg`` says; return what goes into ``metrics.json``.
 
     Order: :func:`build` (checks, data, model, trainer), then fit, test the final
@@ -166,16 +219,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         RunFailed: the run diverged (non-finite training loss).
     """
     import lightning  # noqa: F401  - imported before the clock starts: paid once per process
+    import torch
 
     from digitpairs.resume import LastCheckpoint
 
     start = time.perf_counter()  # the job's wall time, without the once-per-process imports
-    datamodule, model, trainer, history = build(cfg)
+    datamodule, model, trainer, history = build(cfg, quiet=multirun)
     out_dir = Path(cfg.paths.output_dir)
     overrides = list(cfg.get("overrides") or [])
-    hp_keys = [f"hp/{k}" for k in ("train_acc", "val_acc", "test_acc")]
-    for lg in trainer.loggers:  # the HPARAMS tab: keys now (a failed run shows too), values at the end
-        lg.log_hyperparams(hparams(cfg, overrides, datamodule.resolved_source), metrics=dict.fromkeys(hp_keys, math.nan))
+    hp = hparams(cfg, overrides, datamodule.resolved_source)
+    _log_session(trainer, hp, overrides, out_dir, multirun, datamodule.n_val > 0)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         from digitpairs.resume import check_resume
@@ -202,16 +255,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "n_test": len(datamodule.sets["test"]),
         "digit_acc": {k: final.get(f"final/{k}_digit_acc", nan) for k in ("train", "val", "test")}
         if model.has_aux else None,
+        # the accuracy of each decision rule (comparator, argmax, prob); test_acc is the model's own
+        "rule_acc": {
+            rule: {k: final.get(f"final/{k}_acc_{rule}", nan) for k in ("train", "val", "test")} for rule in RULES
+        } if model.has_aux else None,
+        "decision": model.hparams.get("decision", "comparator"),
         "epochs": trainer.current_epoch,
         "precision": str(cfg.trainer.get("precision", "32-true")),
+        "threads": torch.get_num_threads(),  # the same seed, threads and machine give the same numbers
         "normalisation": {"mean": datamodule.mean, "std": datamodule.std},
         "overrides": overrides,
         "resumed_from": str(ckpt_path) if ckpt_path else None,
         "checkpoint": str(ckpt.relative_to(out_dir)),
         "history": history.history,
+        "hparams": hp,
     }
     for lg in trainer.loggers:
-        lg.log_metrics({key: metrics[key[3:]] for key in hp_keys}, step=trainer.global_step)
         lg.save()
     metrics["wall_time_s"] = round(time.perf_counter() - start, 3)
     write_json(out_dir / "metrics.json", metrics)
@@ -237,7 +296,7 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
 
     start = time.perf_counter()
     try:
-        return train(cfg)
+        return train(cfg, multirun)
     except (ConfigError, RunFailed) as err:
         status, code = ("invalid", 2) if isinstance(err, ConfigError) else ("failed", 1)
         status = "killed" if isinstance(err, JobInterrupted) else status

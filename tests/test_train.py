@@ -75,6 +75,7 @@ def test_run_leaves_metrics_checkpoint_and_tensorboard(twin_runs):
     assert all(DIGIT_ACC_FLOOR <= v <= 1 for v in m["digit_acc"].values()), m["digit_acc"]
     assert 0 < m["wall_time_s"] < 300
     assert m["epochs"] == EPOCHS
+    assert m["threads"] == 1  # same seed, threads and machine: the same metrics
     history = m["history"]
     assert len(history["train/loss"]) == EPOCHS and len(history["val/acc"]) == EPOCHS
     assert history["lr"] == pytest.approx([0.09] * 3 + [0.001] * 2, rel=1e-6)
@@ -82,8 +83,33 @@ def test_run_leaves_metrics_checkpoint_and_tensorboard(twin_runs):
     # The run folder: Hydra's record, the checkpoint, TensorBoard events.
     assert (run / ".hydra" / "config.yaml").is_file()
     assert (run / m["checkpoint"]).is_file()
-    events = list((run / "tensorboard").glob("events.out.tfevents.*"))
+    events = list((run / "ws_aux" / "seed=00").glob("events.out.tfevents.*"))
     assert events and all(e.stat().st_size > 0 for e in events)
+
+
+def test_single_run_tensorboard_opens_on_its_overrides(twin_runs):
+    """A single run declares its own HPARAMS experiment: its overrides first (ticked),
+    booleans as booleans, and the three final metrics; no hp/ placeholders."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    from tensorboard.plugins.hparams import api_pb2, plugin_data_pb2
+
+    run = twin_runs[0][3]
+    acc = EventAccumulator(str(run / "ws_aux" / "seed=00"), size_guidance={"scalars": 0, "tensors": 0})
+    acc.Reload()
+    data = [plugin_data_pb2.HParamsPluginData.FromString(c) for c in acc.PluginTagToContent("hparams").values()]
+    (exp,) = [d.experiment for d in data if d.HasField("experiment")]
+    (start,) = [d.session_start_info for d in data if d.HasField("session_start_info")]
+    first = [i.name for i in exp.hparam_infos if i.differs]
+    assert first == ["model_name", "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.enable_model_summary",
+                     "data.root", "threads"]
+    infos = {i.name: i for i in exp.hparam_infos}
+    assert infos["model.literal_softmax"].type == api_pb2.DATA_TYPE_BOOL
+    assert start.hparams["model.literal_softmax"].WhichOneof("kind") == "bool_value"
+    assert start.group_name == "ws_aux/seed=00"
+    assert [m.name.tag for m in exp.metric_infos] == ["final/test_acc", "final/val_acc", "final/train_acc"]
+    tags = acc.Tags()["scalars"]
+    assert not [t for t in tags if t.startswith("hp/")]
+    assert [e.value for e in acc.Scalars("final/test_acc")] == [pytest.approx(read_metrics(run)["test_acc"])]
 
 
 def test_training_loss_falls(twin_runs):
@@ -139,4 +165,4 @@ def test_idx_source_run(tmp_path):
     assert m["digit_acc"] is None
     assert 0 <= m["test_acc"] <= 1
     assert m["test_errors"] == m["n_test"] - round(m["test_acc"] * m["n_test"])
-    assert not (tmp_path / "run" / "tensorboard").exists()  # logger=none
+    assert not list((tmp_path / "run").glob("*/seed=*"))  # logger=none: no TensorBoard run folder

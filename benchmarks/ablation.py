@@ -1,0 +1,111 @@
+"""The ablation of issue #7: from the study's ws_aux to the best model, one ingredient per row.
+
+Every row is a 15-seed sweep on the study's exact protocol (MNIST 60k/10k from IDX files),
+trained on all 1000 training pairs and scored on 1000 fresh test pairs per seed::
+
+    python benchmarks/ablation.py --commands        # print the command of every row
+    python benchmarks/ablation.py --run ROW         # run one row's sweep (ROW: its number)
+    python benchmarks/ablation.py                   # print the table from the sweep folders
+
+The table gives per row: mean ± sample std of test accuracy over the seeds, the Welch
+two-sided p against the row above (``digitpairs.report.welch``), the mean digit accuracy
+of the digit heads, and the mean wall time per run (``wall_time_s`` of ``metrics.json``:
+one run, one torch thread, two runs in parallel; it depends on the machine's load).
+
+A row whose ``rule`` is set reads that decision rule's accuracy (``test_acc_<rule>``) from
+another row's sweep: the decision rule does not change training, so ``model.decision=prob``
+on the same command trains the same models (same seeds) and scores them with that rule.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from digitpairs.report import welch  # noqa: E402
+from digitpairs.sweep import collect  # noqa: E402
+
+EXACT = "data.source=idx data.root=../shared/data/mnist"
+LAUNCH = "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
+AUG = "data.augment=affine"
+WIDE = f"{AUG} data.repair=true trainer.max_epochs=100 model.trunk=wide"
+BEYOND = "experiment=beyond"  # one sweep gives rows 1 (recipe=study: ws_aux) and 8 (recipe=beyond)
+# (label, model read, folder under outputs/ablation, overrides, rule read instead of test_acc, folder read)
+ROWS = [
+    ("ws_aux (the study's recipe)", "ws_aux", "beyond", BEYOND, None, None),
+    ("+ affine augmentation per digit", "ws_aux", "2-affine", f"experiment=study model=ws_aux {AUG}", None, None),
+    ("+ re-pairing every epoch", "ws_aux", "3-repair", f"experiment=study model=ws_aux {AUG} data.repair=true", None, None),
+    ("+ 100 epochs", "ws_aux", "4-epochs",
+     f"experiment=study model=ws_aux {AUG} data.repair=true trainer.max_epochs=100", None, None),
+    ("+ wide trunk", "ws_aux", "5-wide", f"experiment=study model=ws_aux {WIDE}", None, None),
+    ("+ SGD Nesterov one-cycle", "ws_aux", "6-onecycle", f"experiment=study model=ws_aux {WIDE} optim=sgd_onecycle",
+     None, None),
+    ("+ probability rule instead of the comparator", "ws_aux", "7-prob",
+     f"experiment=study model=ws_aux {WIDE} optim=sgd_onecycle model.decision=prob", "prob", "6-onecycle"),
+    ("digit losses only, no re-pairing: recipe=beyond", "digit_classifier", "beyond", BEYOND, None, None),
+]
+
+
+def command(row: int) -> str:
+    """The one command that reproduces row ``row`` (1-based)."""
+    _, _, folder, extra, _, _ = ROWS[row - 1]
+    return f"python train.py -m {extra} {EXACT} {LAUNCH} hydra.sweep.dir=outputs/ablation/{folder}"
+
+
+def table(out: Path) -> str:
+    """The markdown table of every row whose sweep folder exists under ``out``."""
+    lines = [
+        "| # | model | test acc % (mean ± std) | runs | Welch p vs row above | digit acc % | wall time per run (s) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    previous = None
+    for i, (label, model, folder, _, rule, source) in enumerate(ROWS, 1):
+        sweep = out / (source or folder)
+        rows = [r for r in collect(sweep) if r["status"] == "ok" and r["model"] == model] if sweep.is_dir() else []
+        if not rows:
+            lines.append(f"| {i} | {label} | not run | 0 | | | |")
+            previous = None
+            continue
+        key = f"test_acc_{rule}" if rule else "test_acc"
+        acc = [100 * r[key] for r in rows]
+        p = welch(acc, previous)[1] if previous else math.nan
+        digits = [100 * r["digit_acc"] for r in rows if not math.isnan(r["digit_acc"])]
+        std = statistics.stdev(acc) if len(acc) > 1 else math.nan
+        lines.append(
+            f"| {i} | {label} | {statistics.fmean(acc):.2f} ± {std:.2f} | {len(acc)} "
+            f"| {'-' if math.isnan(p) else f'{p:.2g}'} | {statistics.fmean(digits):.2f} "
+            f"| {statistics.fmean(r['wall_time_s'] for r in rows):.0f} |"
+        )
+        previous = acc
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", type=int, metavar="ROW", help="run the sweep of this row (1-based)")
+    parser.add_argument("--commands", action="store_true", help="print the command of every row")
+    parser.add_argument("--out", type=Path, default=ROOT / "outputs" / "ablation", help="folder of the rows' sweeps")
+    args = parser.parse_args()
+    if args.commands:
+        for i in range(1, len(ROWS) + 1):
+            print(f"{i}: {command(i)}")
+    elif args.run:
+        if not 1 <= args.run <= len(ROWS):
+            parser.error(f"--run {args.run}: expected a row 1..{len(ROWS)}")
+        cmd = command(args.run).replace("python", sys.executable, 1)
+        print(cmd, flush=True)
+        sys.exit(subprocess.call(shlex.split(cmd), cwd=ROOT))
+    else:
+        print(table(args.out))
+
+
+if __name__ == "__main__":
+    main()

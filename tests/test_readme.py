@@ -1,0 +1,218 @@
+"""Every command in README.md works as written: each one is checked here in a short form.
+
+The commands are read from README.md: every line of a ```bash block and every inline
+`code` span that starts with one of ``PREFIXES``.
+
+- ``python train.py ...``: every job it would launch (a sweep expanded as Hydra's basic
+  sweeper does, the experiment's sweep lists included) is composed with Hydra, and its
+  checks and constructors run (``digitpairs.task._check``, the data module and the model):
+  a bad key, a bad value or a bad group choice fails here. Training itself is tested in
+  test_train.py, test_sweep.py and test_logs.py; composing keeps this test cheap.
+  ``--help`` runs for real.
+- ``make <target>``: ``make -n`` prints the recipe's commands (the install step skipped);
+  those are checked as above, or run for real where they are quick (report, plan, help).
+- ``python -m digitpairs.<module>``: run for real (a report on a small sweep folder).
+
+Commands that are patterns (``<name>``, ``...``) are skipped, ``outputs/multirun/<...>``
+becomes a sweep folder made here, and commands in ``NOT_RUN`` are skipped with a reason.
+A README command that matches no rule fails the test: add its rule here.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import PROJECT_ROOT, compose_config
+
+PREFIXES = ("python train.py", "python -m digitpairs.", "make ", "tensorboard ")
+NOT_RUN = {  # command start -> why it is not run here
+    "make test": "the test suite itself",
+    "make bench": "a benchmark of minutes (benchmarks/speed.py)",
+    "make clean": "deletes the project's outputs/",
+    "make tensorboard": "a server: tests/test_tensorboard.py serves one",
+    "tensorboard ": "a server: tests/test_tensorboard.py serves one",
+}
+MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "study", "report"}
+MODULES = {"digitpairs.report", "digitpairs.plan", "digitpairs.sweep"}
+JOBS_PER_COMMAND = 3  # composed per sweep: the first job and the first of each model
+STAMP = PROJECT_ROOT / ".venv" / ".install-stamp"  # `make -o` it: never reinstall in a test
+
+
+def readme_commands(text: str) -> list[str]:
+    """Commands in ```bash blocks (comments stripped) and inline `code` spans, in order, once
+    each. An inline span of Hydra settings (``hydra/launcher=joblib ...``) is checked as
+    ``python train.py -m <span>``."""
+    found = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.splitlines():
+            line = re.sub(r"\s+#.*$", "", line).strip()
+            if line.startswith(PREFIXES):
+                found.append(line)
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    for span in (span.strip() for span in re.findall(r"`([^`\n]+)`", prose)):
+        if span.startswith(PREFIXES):
+            found.append(span)
+        elif span.startswith("hydra") and "=" in span:  # Hydra settings to add to a sweep's command line
+            found.append(f"python train.py -m {span}")
+    return list(dict.fromkeys(found))
+
+
+def is_template(command: str) -> bool:
+    """``python train.py model=<name>``, ``make study PLAN="..."``: a pattern, not a command
+    (a sweep folder ``outputs/multirun/<...>`` is filled in instead)."""
+    rest = re.sub(r"outputs/multirun/<[^>]+>", "", command)
+    return "..." in rest or bool(re.search(r"<[^>]+>", rest))
+
+
+def sweep_jobs(args: list[str], tmp: Path) -> list[list[str]]:
+    """The override lists of the jobs that ``python train.py *args`` launches (one for a run)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    overrides = [a for a in args if not a.startswith("-")]
+    if "-m" not in args and "--multirun" not in args:
+        return [overrides]
+    parser = OverridesParser.create()
+    # the experiment's sweep lists (hydra.sweeper.params) come first; the command line wins
+    params = []
+    for o in parser.parse_overrides(overrides):
+        if o.key_or_group == "experiment" and not o.is_sweep_override():
+            exp = OmegaConf.load(PROJECT_ROOT / "conf" / "experiment" / f"{o.value()}.yaml")
+            node = OmegaConf.select(exp, "hydra.sweeper.params")
+            params += [f"{k}={v}" for k, v in OmegaConf.to_container(node).items()] if node else []
+    jobs = BasicSweeper.split_arguments(parser.parse_overrides(params + overrides), None)[0]
+    seen, sample = set(), []
+    for job in jobs:
+        choice = next((o for o in job if o.startswith("model=")), "")
+        if not sample or choice not in seen:
+            sample.append(job)
+            seen.add(choice)
+    return sample[:JOBS_PER_COMMAND]
+
+
+_CHECKED: set[tuple[str, ...]] = set()  # jobs already composed and checked (commands repeat jobs)
+
+
+def check_train_command(args: list[str], tmp: Path) -> int:
+    """Compose every (sampled) job of ``python train.py *args`` and run its checks and
+    constructors; return the number of jobs checked. Raises what the run would raise."""
+    from hydra.utils import instantiate
+
+    from digitpairs.config import check_group_choices
+    from digitpairs.task import _check
+
+    check_group_choices(args)
+    jobs = [job for job in sweep_jobs(args, tmp) if tuple(job) not in _CHECKED]
+    for job in jobs:
+        _CHECKED.add(tuple(job))
+        cfg = compose_config(job, tmp)
+        _check(cfg)
+        instantiate(cfg.data, root=str(PROJECT_ROOT / cfg.data.root))
+        instantiate(cfg.model)
+    return len(jobs)
+
+
+def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
+    out = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120, **kwargs)
+    assert out.returncode == 0, f"{argv}: exit {out.returncode}\n{out.stderr[-2000:]}"
+    return out
+
+
+def check_command(command: str, tmp: Path, sweep_dir: Path) -> str:
+    """Check one README command (see the module doc); return how, for the failure message."""
+    if any(command.startswith(prefix) for prefix in NOT_RUN):
+        return "not run: " + next(v for k, v in NOT_RUN.items() if command.startswith(k))
+    if is_template(command):
+        return "a pattern"
+    command = re.sub(r"outputs/multirun/<[^>]+>", str(sweep_dir), command)
+    tokens = shlex.split(command)
+    cut = next((i for i, t in enumerate(tokens) if re.match(r"^(\d?>|\||&)", t)), len(tokens))
+    tokens = tokens[:cut]  # shell redirections and pipes: the command is what comes before
+    if tokens[:2] == ["python", "train.py"]:
+        if "--help" in tokens:
+            run([sys.executable, "train.py", *tokens[2:]])
+            return "ran"
+        return f"composed {check_train_command(tokens[2:], tmp)} jobs"
+    if tokens[:2] == ["python", "-m"] and tokens[2] in MODULES:
+        run([sys.executable, "-m", *tokens[2:]])
+        return "ran"
+    if tokens[0] == "make":
+        target = tokens[1] if len(tokens) > 1 else "help"
+        assert target in MAKE_TARGETS, f"README command {command!r}: add a rule for `make {target}` in {__file__}"
+        make = ["make", "-s", "-o", str(STAMP), *tokens[1:], f"PY={sys.executable}"]
+        if target in ("help", "install", "report"):
+            run(make)
+            return "ran"
+        recipe = run(["make", "-n", *make[2:]]).stdout  # the commands, not run
+        lines = [shlex.split(line) for line in recipe.splitlines() if " train.py" in line]
+        assert lines, f"make -n {target}: no train.py command in {recipe!r}"
+        for line in lines:
+            check_train_command(line[line.index("train.py") + 1:], tmp)
+        return f"composed the jobs of {len(lines)} train.py command(s)"
+    raise AssertionError(f"README command {command!r} has no rule: add one in {__file__}")
+
+
+def test_readme_commands_are_found():
+    commands = readme_commands((PROJECT_ROOT / "README.md").read_text())
+    assert "python train.py model=ws_aux" in commands
+    assert any(c.startswith("python train.py -m experiment=study") for c in commands)
+    assert any(c.startswith("python -m digitpairs.report") for c in commands)
+    assert "make study" in commands
+
+
+def test_sweep_expansion_follows_hydra(tmp_path):
+    jobs = sweep_jobs(["-m", "experiment=grid", "model=convnet", "loss.alpha=0.75"], tmp_path)
+    assert all("loss.alpha=0.75" in job for job in jobs)  # the command line replaces the grid's list
+    assert sweep_jobs(["model=ws"], tmp_path) == [["model=ws"]]
+
+
+def test_a_broken_command_fails(tmp_path):
+    with pytest.raises(Exception, match="hydra.sweeper.params.loss.alpha"):  # the README's old advice
+        check_train_command(["-m", "experiment=grid", "model=convnet", "hydra.sweeper.params.loss.alpha=0.75"], tmp_path)
+    with pytest.raises(Exception, match="data.batch_size"):
+        check_train_command(["data.batch_size=1"], tmp_path)
+
+
+def test_every_readme_command_works(tmp_path):
+    from test_report_edges import fake_sweep
+
+    sweep_dir = fake_sweep(tmp_path / "sweep", {"convnet": [0.8, 0.82], "ws_aux": [0.97, 0.98]})
+    results = {}
+    failed = []
+    for i, command in enumerate(readme_commands((PROJECT_ROOT / "README.md").read_text())):
+        try:
+            results[command] = check_command(command, tmp_path / f"c{i:02d}" / "run", sweep_dir)
+        except BaseException as err:  # noqa: BLE001 - SystemExit, Hydra errors, ConfigError: all are failures
+            failed.append(f"{command}\n  -> {type(err).__name__}: {str(err).strip().splitlines()[-1:] if str(err).strip() else ''}")
+    assert not failed, "README commands that fail:\n" + "\n".join(failed)
+    assert sum(r.startswith(("ran", "composed")) for r in results.values()) >= 15, results
+
+
+def test_help_lists_only_real_models():
+    out = run([sys.executable, "train.py", "--help"]).stdout
+    assert "model: aux, convnet, ws, ws_aux\n" in out  # the model base (conf/pair_module.yaml) is not an option
+    assert "_pair_module" not in out
+
+
+def test_declared_floors_cover_the_apis_used():
+    """Each lower bound in pyproject.toml is at least the version that introduced an API we call."""
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    needs = {"matplotlib": ("3.9", "Axes.boxplot(tick_labels=...)")}
+    deps = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    floors = {}
+    for dep in map(Requirement, deps):
+        lows = [Version(s.version) for s in dep.specifier if s.operator in (">=", "==")]
+        floors[dep.name] = max(lows) if lows else None
+    for name, (version, api) in needs.items():
+        assert floors[name] is not None and floors[name] >= Version(version), f"{name}: {api} needs >= {version}"
