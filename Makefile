@@ -7,10 +7,10 @@ STAMP   := $(VENV)/.install-stamp
 ARGS    ?=
 SWEEP   ?=
 
-.PHONY: help install train test sweep grid study beyond report tensorboard bench clean
+.PHONY: help install train test test-slurm sweep grid study beyond report tensorboard bench clean
 
 help:  ## list the targets
-	@grep -E '^[a-z]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
 $(STAMP): pyproject.toml
 	@test -x $(VENV)/bin/python || python3 -m venv $(VENV)
@@ -25,6 +25,9 @@ train: install  ## train ws_aux for 50 epochs on real MNIST pairs (ARGS="model=c
 test: install  ## run the test suite
 	$(PY) -m pytest -q $(ARGS)
 
+test-slurm: install  ## start a one-node SLURM cluster here (root, Debian), run the SLURM tests, stop it (scripts/test-slurm.sh)
+	PY=$(PY) scripts/test-slurm.sh $(ARGS)
+
 sweep: install  ## a multirun: make sweep ARGS="optim.lr1=0.01,0.09 loss.alpha=0.5,0.75"
 	$(PY) train.py -m $(ARGS)
 
@@ -35,7 +38,7 @@ clean:  ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs/runs outputs/multirun .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
-PLAN ?= $(shell $(PY) -m digitpairs.plan 2>/dev/null)
+PLAN ?= $(shell $(PY) -m digitpairs.plan $(ARGS) 2>/dev/null)
 
 grid: install  ## the study's grid search for one model on the validation split (MODEL=ws_aux)
 	$(PY) train.py -m experiment=grid model=$(or $(MODEL),ws_aux) $(PLAN) $(ARGS)

@@ -52,3 +52,8 @@ def require_number(
         raise ConfigError(key, value, allowed)
     if high is not None and not (value < high if high_strict else value <= high):
         raise ConfigError(key, value, allowed)
+
+
+class JobInterrupted(RunFailed):
+    """A run stopped from outside before it finished (SLURM's time-limit warning signal);
+    its checkpoint was saved. Recorded with status ``killed``."""

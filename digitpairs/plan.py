@@ -1,8 +1,13 @@
 """Print the launcher overrides that run a sweep fastest on this machine.
 
     python -m digitpairs.plan        # e.g. "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
+    python -m digitpairs.plan hydra/launcher=digitpairs_slurm hydra.launcher.cpus_per_task=2   # "threads=2"
 
-Used by ``make study`` and ``make grid``; override there with ``make study PLAN="..."``.
+Used by ``make study`` and ``make grid``, which pass it their ``ARGS``; override there
+with ``make study PLAN="..."``. A launcher chosen in the arguments (``hydra/launcher=...``)
+is respected: the plan then adds only ``threads`` (``hydra.launcher.cpus_per_task``, else
+1), unless the arguments set it, and never a precision (a cluster's nodes may differ
+from this machine).
 
 - One torch thread per job and one job per core: the networks are tiny, and two
   1-thread processes gave 1.4x the throughput of one 2-thread process here. Each joblib
@@ -29,15 +34,33 @@ def cpu_has_amx_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
         return False
 
 
-def plan(cores: int | None = None, cuda: bool | None = None, amx_bf16: bool | None = None) -> str:
+def _value(args: list[str], key: str) -> str | None:
+    """The value of the last ``key=value`` in ``args`` (``+``/``++`` prefixes allowed), else None."""
+    values = [a.split("=", 1)[1] for a in args if "=" in a and a.split("=", 1)[0].lstrip("+") == key]
+    return values[-1] if values else None
+
+
+def plan(cores: int | None = None, cuda: bool | None = None, amx_bf16: bool | None = None,
+         args: list[str] | None = None) -> str:
     """The overrides, as one line.
 
     Args:
+        args: the user's own overrides (``make study ARGS=...``). With a launcher among
+            them (``hydra/launcher=...``) only ``threads`` is added: the value of
+            ``hydra.launcher.cpus_per_task``, else 1 (none for Hydra's ``basic``
+            launcher, which runs one job at a time). Keys set in ``args`` are never
+            repeated.
         cores: CPU cores to use (default: those this process may run on).
         cuda: whether an NVIDIA GPU is present (default: look for its driver; importing
             torch to ask would cost ~3 s of every ``make study``).
         amx_bf16: whether the CPU has AMX-BF16 (default: read ``/proc/cpuinfo``).
     """
+    args = list(args or [])
+    launcher = _value(args, "hydra/launcher")
+    if launcher is not None:
+        if launcher == "basic" or _value(args, "threads") is not None:
+            return ""
+        return f"threads={_value(args, 'hydra.launcher.cpus_per_task') or 1}"
     if cores is None:
         cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     if cuda is None:
@@ -45,12 +68,18 @@ def plan(cores: int | None = None, cuda: bool | None = None, amx_bf16: bool | No
     if amx_bf16 is None:
         amx_bf16 = cpu_has_amx_bf16()
     jobs = min(cores, 4) if cuda else cores
+    jobs = int(_value(args, "hydra.launcher.n_jobs") or jobs)
     threads = max(1, cores // jobs)
-    line = f"hydra/launcher=joblib hydra.launcher.n_jobs={jobs} threads={threads}"
-    if amx_bf16 and not cuda:
+    line = f"hydra/launcher=joblib hydra.launcher.n_jobs={jobs}" if _value(args, "hydra.launcher.n_jobs") is None \
+        else "hydra/launcher=joblib"
+    if _value(args, "threads") is None:
+        line += f" threads={threads}"
+    if amx_bf16 and not cuda and _value(args, "trainer.precision") is None:
         line += " trainer.precision=bf16-mixed"
     return line
 
 
 if __name__ == "__main__":
-    print(plan())
+    import sys
+
+    print(plan(args=sys.argv[1:]))

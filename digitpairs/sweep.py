@@ -2,7 +2,7 @@
 
 Files written into the sweep folder:
 
-- ``summary.csv``: one row per job (``status`` ok / failed / invalid / missing), with its
+- ``summary.csv``: one row per job (``status`` ok / failed / invalid / killed / missing), with its
   overrides, model, seed, val/test/train accuracy, test errors, digit accuracy (test and
   val), the test accuracy of each decision rule of the aux models, and wall time.
 - ``ranking.csv``: the swept configurations (the overrides without ``seed``) ranked by
@@ -53,7 +53,7 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-NOT_CONFIG = ("seed=", "experiment=", "hydra", "threads=", "cpu.")  # not hyperparameters: seeds and run settings
+NOT_CONFIG = ("seed=", "experiment=", "hydra", "threads=", "cpu.", "trainer.enable_progress_bar=")  # not hyperparameters: seeds and run settings
 
 
 def config_key(overrides: list[str]) -> str:

@@ -23,7 +23,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from digitpairs.errors import ConfigError, RunFailed, require_number
+from digitpairs.errors import ConfigError, JobInterrupted, RunFailed, require_number
 from digitpairs.rules import RULES
 
 log = logging.getLogger(__name__)
@@ -286,8 +286,9 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
 def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     """:func:`train` with failures reported the project's way.
 
-    A bad config or a failed run writes ``metrics.json`` with ``status`` ``"invalid"``
-    or ``"failed"`` and the one-line ``error``. In a single run it then exits non-zero
+    A bad config, a failed run or one stopped by SLURM's time-limit warning writes
+    ``metrics.json`` with ``status`` ``"invalid"``, ``"failed"`` or ``"killed"`` and the
+    one-line ``error``. In a single run it then exits non-zero
     (2 for bad input, 1 for a failed run) with that line on stderr; in a multirun it
     returns, so the sweep goes on and its summary records the job as failed.
     """
@@ -298,7 +299,8 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         return train(cfg, multirun)
     except (ConfigError, RunFailed) as err:
         status, code = ("invalid", 2) if isinstance(err, ConfigError) else ("failed", 1)
-        message = str(err) if isinstance(err, ConfigError) else f"run failed: {err}"
+        status = "killed" if isinstance(err, JobInterrupted) else status
+        message = str(err) if isinstance(err, (ConfigError, JobInterrupted)) else f"run failed: {err}"
     except Exception as err:  # noqa: BLE001 - in a sweep, one broken job must not lose the others
         if not multirun:
             raise

@@ -77,8 +77,10 @@ def test_data_trainer_logger_and_callbacks_instantiate(compose_cfg, tmp_path):
     assert (dm.source, dm.n_pairs, dm.n_val, dm.batch_size, dm.seed) == ("idx", 500, 100, 100, 7)
     assert cfg.paths.output_dir == str(tmp_path / "run")
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert [type(c) for c in callbacks] == [EarlyStopping]
-    assert callbacks[0].monitor == "val/acc" and callbacks[0].mode == "max"
+    from digitpairs.preemption import CheckpointOnSignal  # default: inert outside SLURM
+
+    assert [type(c) for c in callbacks] == [CheckpointOnSignal, EarlyStopping]
+    assert callbacks[1].monitor == "val/acc" and callbacks[1].mode == "max"
     loggers = [instantiate(c) for c in cfg.logger.values()]
     assert [type(lg) for lg in loggers] == [TensorBoardLogger]
     assert Path(loggers[0].log_dir) == tmp_path / "run" / "ws_aux" / "seed=07"  # TensorBoard run <model>/seed=NN
