@@ -30,15 +30,20 @@ import pytest
 
 from conftest import PROJECT_ROOT, compose_config
 
-PREFIXES = ("python train.py", "python -m digitpairs.", "make ", "tensorboard ")
+PREFIXES = ("python train.py", "python -m digitpairs.", "make ", "tensorboard ", "python evaluate.py", "python predict.py",
+            "python benchmarks/")
 NOT_RUN = {  # command start -> why it is not run here
+    "make test-slurm": "starts a SLURM cluster: its own CI step (scripts/test-slurm.sh, tests/test_slurm.py)",
+    "python benchmarks/checkpoint_cost.py": "a benchmark of minutes",
+    "python benchmarks/ablation.py --run": "trains a 15-seed sweep",
     "make test": "the test suite itself",
     "make bench": "a benchmark of minutes (benchmarks/speed.py)",
     "make clean": "deletes the project's outputs/",
     "make tensorboard": "a server: tests/test_tensorboard.py serves one",
     "tensorboard ": "a server: tests/test_tensorboard.py serves one",
 }
-MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "study", "report"}
+MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "study", "beyond", "report"}
+QUICK_SCRIPTS = {"benchmarks/ablation.py"}  # run for real: they only read sweep folders
 MODULES = {"digitpairs.report", "digitpairs.plan", "digitpairs.sweep"}
 JOBS_PER_COMMAND = 3  # composed per sweep: the first job and the first of each model
 STAMP = PROJECT_ROOT / ".venv" / ".install-stamp"  # `make -o` it: never reinstall in a test
@@ -125,13 +130,18 @@ def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess:
     return out
 
 
-def check_command(command: str, tmp: Path, sweep_dir: Path) -> str:
-    """Check one README command (see the module doc); return how, for the failure message."""
+def check_command(command: str, tmp: Path, sweep_dir: Path, trained_sweep: Path | None = None) -> str:
+    """Check one README command (see the module doc); return how, for the failure message.
+
+    ``python evaluate.py`` and ``python predict.py`` run for real on ``trained_sweep`` (a
+    sweep with checkpoints, trained here), which replaces ``outputs/multirun/<...>``.
+    """
     if any(command.startswith(prefix) for prefix in NOT_RUN):
         return "not run: " + next(v for k, v in NOT_RUN.items() if command.startswith(k))
     if is_template(command):
         return "a pattern"
-    command = re.sub(r"outputs/multirun/<[^>]+>", str(sweep_dir), command)
+    uses_checkpoints = command.startswith(("python evaluate.py", "python predict.py"))
+    command = re.sub(r"outputs/multirun/<[^>]+>", str(trained_sweep if uses_checkpoints else sweep_dir), command)
     tokens = shlex.split(command)
     cut = next((i for i, t in enumerate(tokens) if re.match(r"^(\d?>|\||&)", t)), len(tokens))
     tokens = tokens[:cut]  # shell redirections and pipes: the command is what comes before
@@ -140,6 +150,13 @@ def check_command(command: str, tmp: Path, sweep_dir: Path) -> str:
             run([sys.executable, "train.py", *tokens[2:]])
             return "ran"
         return f"composed {check_train_command(tokens[2:], tmp)} jobs"
+    if tokens[:2] in (["python", "evaluate.py"], ["python", "predict.py"]):
+        extra = [f"hydra.run.dir={tmp / 'evaluate'}"] if tokens[1] == "evaluate.py" else []  # not into outputs/
+        run([sys.executable, *tokens[1:], *extra])
+        return "ran"
+    if tokens[0] == "python" and tokens[1] in QUICK_SCRIPTS:
+        run([sys.executable, *tokens[1:]])
+        return "ran"
     if tokens[:2] == ["python", "-m"] and tokens[2] in MODULES:
         run([sys.executable, "-m", *tokens[2:]])
         return "ran"
@@ -184,11 +201,15 @@ def test_every_readme_command_works(tmp_path):
     from test_report_edges import fake_sweep
 
     sweep_dir = fake_sweep(tmp_path / "sweep", {"convnet": [0.8, 0.82], "ws_aux": [0.97, 0.98]})
+    trained = tmp_path / "trained"  # a real sweep with a checkpoint, for evaluate.py and predict.py
+    run([sys.executable, "train.py", "-m", "experiment=study", "model=ws_aux", "seed=0", "trainer.max_epochs=1",
+         "data.n_pairs=200", "data.eval_batch_size=200", "threads=1", "hydra.callbacks.sweep_summary.report=false",
+         f"hydra.sweep.dir={trained}"])
     results = {}
     failed = []
     for i, command in enumerate(readme_commands((PROJECT_ROOT / "README.md").read_text())):
         try:
-            results[command] = check_command(command, tmp_path / f"c{i:02d}" / "run", sweep_dir)
+            results[command] = check_command(command, tmp_path / f"c{i:02d}" / "run", sweep_dir, trained)
         except BaseException as err:  # noqa: BLE001 - SystemExit, Hydra errors, ConfigError: all are failures
             failed.append(f"{command}\n  -> {type(err).__name__}: {str(err).strip().splitlines()[-1:] if str(err).strip() else ''}")
     assert not failed, "README commands that fail:\n" + "\n".join(failed)
@@ -197,7 +218,7 @@ def test_every_readme_command_works(tmp_path):
 
 def test_help_lists_only_real_models():
     out = run([sys.executable, "train.py", "--help"]).stdout
-    assert "model: aux, convnet, ws, ws_aux\n" in out  # the model base (conf/pair_module.yaml) is not an option
+    assert "model: aux, convnet, digit_classifier, ws, ws_aux\n" in out  # the model base (conf/pair_module.yaml) is not an option
     assert "_pair_module" not in out
 
 
