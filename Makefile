@@ -23,7 +23,7 @@ train: install  ## train ws_aux for 50 epochs on real MNIST pairs (ARGS="model=c
 	$(PY) train.py model=ws_aux $(ARGS)
 
 test: install  ## run the test suite
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n 2 $(ARGS)  # two workers (pytest-xdist): the tests spend half their time in one-thread subprocesses
 
 test-slurm: install  ## start a one-node SLURM cluster here (root, Debian), run the SLURM tests, stop it (scripts/test-slurm.sh)
 	PY=$(PY) scripts/test-slurm.sh $(ARGS)

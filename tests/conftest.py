@@ -15,6 +15,11 @@ from typing import Callable
 
 import pytest
 
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cores (pytest-xdist):
+    # one torch thread per worker and per training it starts (OMP_NUM_THREADS is inherited by
+    # subprocesses), or the workers' spinning threads fight over the cores (README: threads)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 IDX_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mnist"
 

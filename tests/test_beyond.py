@@ -111,7 +111,7 @@ def test_probability_rule_exact_cases():
     (["loss.label_smoothing=0.1"], lambda m, c: m.hparams.label_smoothing == 0.1),
     (["recipe=beyond"], lambda m, c: c.model_name == "digit_classifier" and c.data.augment == "affine"
      and c.optim.schedule == "onecycle" and c.trainer.max_epochs == 100),
-    (["callbacks=ema"], lambda m, c: list(c.callbacks) == ["ema"]),
+    (["callbacks=ema"], lambda m, c: list(c.callbacks) == ["checkpoint_on_signal", "ema"]),
     (["experiment=beyond"], lambda m, c: c.data.val_fraction == 0.0),
 ])
 def test_new_options_compose_and_build(overrides, check, compose_cfg):
@@ -119,7 +119,7 @@ def test_new_options_compose_and_build(overrides, check, compose_cfg):
     model = instantiate(cfg.model)
     assert check(model, cfg)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert all(type(c).__name__ == "WeightAveraging" for c in callbacks)
+    assert all(type(c).__name__ in ("CheckpointOnSignal", "WeightAveraging") for c in callbacks)
     dm = instantiate(cfg.data, root=MLX_ROOT)
     assert isinstance(dm, PairDataModule)
 
