@@ -153,33 +153,47 @@ def line(r: dict[str, Any]) -> str:
 
 
 def summarise(records: list[dict[str, Any]], out_dir: Path, sweep: Path) -> str:
-    """Write ``summary.csv`` and ``report.md`` for a sweep folder; return the report text."""
-    import pandas as pd
+    """Write ``summary.csv`` (one row per checkpoint) and ``report.md`` (per model: mean ±
+    sample std of the sweep's own test accuracy, of these test pairs' and of the
+    difference) for a sweep folder; return the report text."""
+    import csv
+    import math
+    import statistics
+    from collections import defaultdict
 
     rows = []
     for r in records:
-        row = {k: r[k] for k in ("model", "trained_seed", "trained_source", "own_test_acc", "source", "seed", "n_pairs", "acc", "errors", "digit_acc")}
+        row = {"job": Path(r["checkpoint"]).parts[-3]}
+        row.update({k: r[k] for k in ("model", "trained_seed", "trained_source", "own_test_acc", "source", "seed", "n_pairs", "acc", "errors", "digit_acc")})
         row.update({f"rule_{k}": v for k, v in r["rules"].items()})
-        row["job"] = Path(r["checkpoint"]).parts[-3]
         rows.append(row)
-    df = pd.DataFrame(rows).set_index("job")
-    df.to_csv(out_dir / "summary.csv")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with (out_dir / "summary.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in rows)
 
-    def ms(s) -> str:
-        s = s.dropna().astype(float) * 100
-        return "-" if s.empty else f"{s.mean():.2f} ± {s.std(ddof=1):.2f}" if len(s) > 1 else f"{s.mean():.2f}"
+    def ms(values: list[Any]) -> str:
+        v = [100 * float(x) for x in values if x is not None and not math.isnan(float(x))]
+        if not v:
+            return "-"
+        return f"{statistics.fmean(v):.2f} ± {statistics.stdev(v):.2f}" if len(v) > 1 else f"{v[0]:.2f}"
 
-    sources = ", ".join(sorted(df["trained_source"].dropna().unique()))
+    by_model: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        by_model[row["model"]].append(row)
+    sources = ", ".join(sorted({str(row["trained_source"]) for row in rows if row["trained_source"] is not None}))
     lines = [
         f"# Evaluation of {sweep}", "",
-        f"Test pairs: {df['n_pairs'].iloc[0]} per checkpoint from `{df['source'].iloc[0]}`, each checkpoint's own "
+        f"Test pairs: {rows[0]['n_pairs']} per checkpoint from `{rows[0]['source']}`, each checkpoint's own "
         f"normalisation; trained on `{sources}`. Accuracy in %, mean ± sample std over the jobs.", "",
         "| model | jobs | own test pairs (sweep) | these test pairs | difference | digit accuracy |",
         "|---|---|---|---|---|---|",
     ]
-    for model, g in df.groupby("model", sort=False):
-        diff = g["acc"] - g["own_test_acc"].astype(float)
-        lines.append(f"| `{model}` | {len(g)} | {ms(g['own_test_acc'])} | {ms(g['acc'])} | {ms(diff)} pp | {ms(g['digit_acc'])} |")
+    for model, g in by_model.items():
+        own, acc = [row["own_test_acc"] for row in g], [row["acc"] for row in g]
+        diff = [a - o for a, o in zip(acc, own) if o is not None]
+        lines.append(f"| `{model}` | {len(g)} | {ms(own)} | {ms(acc)} | {ms(diff)} pp | {ms([row['digit_acc'] for row in g])} |")
     text = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(text)
     return text
