@@ -71,6 +71,8 @@ def runs(tmp_path_factory):
     import io
 
     err = io.StringIO()
+    # Python's own Ctrl-C handler, as in a user's terminal: pytest-xdist's workers ignore SIGINT
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
             train(cut_cfg)
