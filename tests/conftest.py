@@ -45,8 +45,8 @@ def read_metrics(run_dir: Path) -> dict:
     return json.loads((run_dir / "metrics.json").read_text())
 
 
-def compose_config(overrides: list[str], output_dir: Path, hydra_node: bool = False):
-    """Compose ``conf/train.yaml`` with ``overrides``, as ``train.py`` would, fully resolved.
+def compose_config(overrides: list[str], output_dir: Path, hydra_node: bool = False, config_name: str = "train"):
+    """Compose ``conf/<config_name>.yaml`` (``train`` by default) with ``overrides``, as ``train.py`` would, fully resolved.
 
     The ``${hydra:...}`` interpolations (run folder, model choice, overrides) are resolved
     against a temporary ``HydraConfig`` whose output folder is ``output_dir``; the
@@ -61,7 +61,7 @@ def compose_config(overrides: list[str], output_dir: Path, hydra_node: bool = Fa
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=list(overrides), return_hydra_config=True)
+        cfg = compose(config_name, overrides=list(overrides), return_hydra_config=True)
     if hydra_node:
         return cfg
     cfg.hydra.runtime.output_dir = str(output_dir)

