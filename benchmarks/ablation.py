@@ -35,28 +35,32 @@ from digitpairs.sweep import collect  # noqa: E402
 
 EXACT = "data.source=idx data.root=../shared/data/mnist"
 LAUNCH = "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
+WS_AUX = "experiment=study model=ws_aux model.decision=prob"  # ws_aux rows after row 2 decide by the probability rule
 AUG = "data.augment=affine"
-WIDE = f"{AUG} data.repair=true trainer.max_epochs=100 model.trunk=wide"
-BEYOND = "experiment=beyond"  # one sweep gives rows 1 (recipe=study: ws_aux) and 8 (recipe=beyond)
+ONECYCLE = "optim=sgd_onecycle trainer.max_epochs=70"
+DIGITS = f"experiment=study model=digit_classifier {AUG} {ONECYCLE}"
+BEYOND = "experiment=beyond"  # one sweep gives rows 1 (recipe=study: ws_aux) and 9 (recipe=beyond)
 # (label, model read, folder under outputs/ablation, overrides, rule read instead of test_acc, folder read)
 ROWS = [
     ("ws_aux (the study's recipe)", "ws_aux", "beyond", BEYOND, None, None),
-    ("+ affine augmentation per digit", "ws_aux", "2-affine", f"experiment=study model=ws_aux {AUG}", None, None),
-    ("+ re-pairing every epoch", "ws_aux", "3-repair", f"experiment=study model=ws_aux {AUG} data.repair=true", None, None),
-    ("+ 100 epochs", "ws_aux", "4-epochs",
-     f"experiment=study model=ws_aux {AUG} data.repair=true trainer.max_epochs=100", None, None),
-    ("+ wide trunk", "ws_aux", "5-wide", f"experiment=study model=ws_aux {WIDE}", None, None),
-    ("+ SGD Nesterov one-cycle", "ws_aux", "6-onecycle", f"experiment=study model=ws_aux {WIDE} optim=sgd_onecycle",
+    ("+ probability rule instead of the comparator", "ws_aux", "beyond", BEYOND, "prob", None),
+    ("+ affine augmentation per digit", "ws_aux", "3-affine", f"{WS_AUX} {AUG}", None, None),
+    ("+ re-pairing every epoch", "ws_aux", "4-repair", f"{WS_AUX} {AUG} data.repair=true", None, None),
+    ("+ SGD Nesterov one-cycle, 70 epochs", "ws_aux", "5-onecycle", f"{WS_AUX} {AUG} data.repair=true {ONECYCLE}",
      None, None),
-    ("+ probability rule instead of the comparator", "ws_aux", "7-prob",
-     f"experiment=study model=ws_aux {WIDE} optim=sgd_onecycle model.decision=prob", "prob", "6-onecycle"),
-    ("digit losses only, no re-pairing: recipe=beyond", "digit_classifier", "beyond", BEYOND, None, None),
+    ("+ digit losses only (digit_classifier, Table 1 trunk)", "digit_classifier", "6-digits",
+     f"{DIGITS} model.trunk=table1", None, None),
+    ("+ compact trunk", "digit_classifier", "7-compact", f"{DIGITS} model.trunk=compact", None, None),
+    ("+ test-time augmentation, 16 views", "digit_classifier", "8-tta", f"{DIGITS} model.trunk=compact model.tta=16",
+     None, None),
+    ("+ ensemble of 2: recipe=beyond", "digit_classifier", "beyond", BEYOND, None, None),
 ]
 
 
 def command(row: int) -> str:
     """The one command that reproduces row ``row`` (1-based)."""
-    _, _, folder, extra, _, _ = ROWS[row - 1]
+    _, _, folder, extra, _, source = ROWS[row - 1]
+    folder = source or folder
     return f"python train.py -m {extra} {EXACT} {LAUNCH} hydra.sweep.dir=outputs/ablation/{folder}"
 
 

@@ -7,10 +7,25 @@ convnet     ConvNetModule          gamma * CE(main)
 ws          WSModule               gamma * CE(main)            (digit heads unsupervised)
 ws_aux      WSAuxModule            gamma * CE(main) + alpha * (CE(digit1) + CE(digit2))
 aux         WSAuxModule(weight_sharing=False)   the same loss, one trunk per digit
+digit_       DigitClassifierModule  alpha * (CE(digit1) + CE(digit2)): the digit losses
+classifier                          alone; no comparator, pairs decided by the probability rule
 =========== ====================== ===================================================
 
 All constructors take plain numbers, strings and booleans, so a checkpoint restores with
 ``WSAuxModule.load_from_checkpoint(path)`` and no extra arguments.
+
+Ensembles (``model.members=K``, not in the study): ``K`` networks of the model, each with
+its own initial weights and dropout, trained side by side on the same batches, each on its
+own loss (as if trained alone); evaluation averages their probabilities (Lakshminarayanan
+et al. 2017, "deep ensembles"). ``members=1`` (the default) is the model itself.
+
+Test-time augmentation (``model.tta=V``, not in the study): in evaluation (the final
+train/val/test figures, ``evaluate.py``, ``predict.py``) the model's answer averages its
+probabilities over the pair as given and ``V`` random affine views of each digit
+(``model.tta_shift``, ``tta_rotate``, ``tta_scale``; by default the training augmentation's
+strengths). The views come from a generator seeded afresh for every batch, so evaluation
+is deterministic and leaves the training random stream untouched. The per-epoch curves
+(validation) use the pair as given.
 
 Optimiser (the study's recipe, DESIGN §3): SGD, ``lr1`` for the first
 ``floor(switch_fraction * max_epochs)`` epochs, then ``lr2``; stepped per epoch
@@ -31,9 +46,10 @@ from torch import nn
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from digitpairs.augment import RandomDigitAffine
 from digitpairs.errors import ConfigError, RunFailed, require_number
-from digitpairs.nets import TRUNKS, ConvNet, TwoBranchNet
-from digitpairs.rules import RULES, decide
+from digitpairs.nets import TRUNKS, ConvNet, TwoBranchNet, make_trunk, mean_probability
+from digitpairs.rules import RULES, decide, rule_logits
 
 # Evaluation loaders (stage, loader name) -> prefix of their logged metrics. The "curve"
 # loader is the test set evaluated after each epoch for the Fig. 2 curves only.
@@ -48,6 +64,7 @@ EVAL_KEYS = [f"{stage}_{name}" for stage, name in EVAL_PREFIX]
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("step", "onecycle")
+TTA_SEED = 0  # the test-time views of every evaluation batch are drawn from this seed
 
 
 def _accuracy(num_classes: int) -> MulticlassAccuracy:
@@ -59,9 +76,13 @@ def _accuracy(num_classes: int) -> MulticlassAccuracy:
 class PairModule(L.LightningModule):
     """What every pair model shares: metrics, evaluation, optimiser, scheduler, logging.
 
-    Subclasses set ``self.net`` and implement :meth:`losses`. ``forward(x)`` takes
-    ``float32 (B, 2, 14, 14)`` and returns ``(logits float32 (B, 2), digit_logits
-    float32 (B, 2, 10) or None)``.
+    Subclasses build their network with :meth:`build_net`, implement :meth:`forward_net`
+    and, if the loss differs, :meth:`losses`. ``forward(x)`` takes ``float32 (B, 2, 14, 14)``
+    and returns ``(logits float32 (B, 2), digit_logits float32 (B, 2, 10) or None)``. With
+    ``members`` K > 1, ``self.net`` is an ``nn.ModuleList`` of K networks: in train mode
+    ``forward`` returns every member's outputs, ``(K, B, 2)`` and ``(K, B, 2, 10)``, and
+    each member is trained on its own loss; in eval mode it returns the members' mean
+    probabilities as log-probabilities (valid logits), ``(B, 2)`` and ``(B, 2, 10)``.
 
     Logged: ``lr``, ``train/loss`` and each ``train/loss_*`` term, ``train/acc`` (per
     epoch); ``val/{acc,loss}`` and ``curve/test_{acc,loss}`` (per epoch, when those
@@ -84,11 +105,16 @@ class PairModule(L.LightningModule):
         nesterov: Nesterov momentum (needs ``momentum`` > 0).
         label_smoothing: label smoothing of the training cross-entropies, in [0, 1)
             (0 in the study; Szegedy et al. 2016). Evaluation losses use none.
+        members: networks in the ensemble, an integer >= 1 (1: no ensemble, the study).
+        tta: random views per digit averaged in evaluation, an integer >= 0 (0: none, the study).
+        tta_shift, tta_rotate, tta_scale: the views' strengths (pixels, degrees, relative
+            size; see :class:`~digitpairs.augment.RandomDigitAffine`).
 
     Raises:
         ConfigError: a learning rate <= 0, ``gamma``/``weight_decay``/``momentum`` < 0,
             ``switch_fraction`` outside [0, 1], an unknown ``schedule``, ``nesterov``
-            without momentum, or ``label_smoothing`` outside [0, 1).
+            without momentum, ``label_smoothing`` outside [0, 1), ``members`` < 1,
+            ``tta`` < 0, or a bad ``tta_*`` strength.
     """
 
     has_aux = False
@@ -107,8 +133,16 @@ class PairModule(L.LightningModule):
         schedule: str = "step",
         nesterov: bool = False,
         label_smoothing: float = 0.0,
+        members: int = 1,
+        tta: int = 0,
+        tta_shift: float = 1.5,
+        tta_rotate: float = 12.0,
+        tta_scale: float = 0.1,
     ) -> None:
         super().__init__()
+        require_number("model.members", members, 1, integer=True)
+        require_number("model.tta", tta, 0, integer=True)
+        self.tta_views = RandomDigitAffine(tta_shift, tta_rotate, tta_scale, prefix="model.tta_")
         if schedule not in SCHEDULES:
             raise ConfigError("optim.schedule", schedule, f"one of {', '.join(SCHEDULES)}")
         if nesterov and not momentum > 0:
@@ -130,17 +164,60 @@ class PairModule(L.LightningModule):
             self.eval_rule_acc = nn.ModuleDict({f"{key}_{rule}": _accuracy(2) for key in EVAL_KEYS for rule in RULES})
 
     # ---- what subclasses provide -------------------------------------------------
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward_net(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """One network's outputs on ``x (B, 2, 14, 14)``: ``(logits (B, 2), digit_logits (B, 2, 10) or None)``."""
         raise NotImplementedError
+
+    def build_net(self, make) -> None:
+        """Set ``self.net``: ``make()`` (a network), or ``members`` of them in an ``nn.ModuleList``.
+
+        ``make`` is called once per member, in order, so members draw their own initial
+        weights from torch's generator (one member draws exactly what the model alone does).
+        """
+        nets = [make().to(memory_format=self.memory_format) for _ in range(self.hparams.get("members", 1))]
+        self.net = nets[0] if len(nets) == 1 else nn.ModuleList(nets)
+
+    def forward(self, x: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10) or None)``; for an
+        ensemble in train mode, every member's: ``(K, B, 2)``, ``(K, B, 2, 10)``. In eval
+        mode with ``model.tta`` > 0 (and ``tta``), the mean probability over the pair and its
+        random views, as log-probabilities."""
+        views = self.hparams.get("tta", 0)
+        if self.training or not tta or not views:
+            return self._members(x)
+        outs = [self._members(x)]
+        background = x.amin(dim=(-2, -1), keepdim=True)  # per digit: its 0-valued pixels, normalised
+        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
+            torch.manual_seed(TTA_SEED)
+            outs += [self._members(self.tta_views.draw(x, background)) for _ in range(views)]
+        logits = mean_probability(torch.stack([o[0] for o in outs]))
+        digits = None if outs[0][1] is None else mean_probability(torch.stack([o[1] for o in outs]))
+        return logits, digits
+
+    def _members(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The network's outputs, or the ensemble's (members in train mode, their mean in eval)."""
+        if not isinstance(self.net, nn.ModuleList):
+            return self.forward_net(self.net, x)
+        outs = [self.forward_net(net, x) for net in self.net]
+        logits = torch.stack([o[0] for o in outs])
+        digits = None if outs[0][1] is None else torch.stack([o[1] for o in outs])
+        if self.training:
+            return logits, digits
+        return mean_probability(logits), None if digits is None else mean_probability(digits)
 
     def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
         """The weighted loss terms; their sum is minimised. Keys become ``train/loss_<key>``."""
         return {"main": self.hparams.gamma * self._ce(logits, target)}
 
     def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy of ``logits (..., B, C)`` against ``target (B,)``; leading member
+        dimensions are averaged over (every member against the same targets)."""
         if self.hparams.literal_softmax:
             logits = logits.softmax(dim=-1)  # Table 1 as printed: softmax, then CE's log-softmax
         smoothing = self.hparams.get("label_smoothing", 0.0) if self.training else 0.0
+        if logits.dim() > target.dim() + 1:  # an ensemble's members
+            target = target.expand(logits.shape[:-1]).reshape(-1)
+            logits = logits.reshape(-1, logits.shape[-1])
         return F.cross_entropy(logits, target, label_smoothing=smoothing)
 
     # ---- training ----------------------------------------------------------------
@@ -153,11 +230,13 @@ class PairModule(L.LightningModule):
         # torchmetrics updates per step ~0.5 ms (5-10% of a step here), and a host sync
         # per step would stall a GPU.
         n = len(target)
-        correct = (logits.detach().argmax(dim=1) == target).float().mean()
+        correct = (logits.detach().argmax(dim=-1) == target).float().mean()  # an ensemble: its members' mean
         stats = torch.stack([*(term.detach() for term in terms.values()), correct]) * n
         self._epoch_sums = stats if batch_idx == 0 else self._epoch_sums + stats
         self._epoch_count = n if batch_idx == 0 else self._epoch_count + n
-        return sum(terms.values())
+        # the terms are means over members; K times their sum gives every member the gradient
+        # of its own loss, as if it were trained alone
+        return sum(terms.values()) * (logits.shape[0] if logits.dim() == 3 else 1)
 
     def on_train_epoch_start(self) -> None:
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
@@ -177,7 +256,7 @@ class PairModule(L.LightningModule):
         name = list(loaders)[dataloader_idx] if isinstance(loaders, dict) else stage
         key, prefix = f"{stage}_{name}", EVAL_PREFIX[stage, name]
         x, target, classes = batch
-        logits, digit_logits = self(x)
+        logits, digit_logits = self(x, tta=stage == "test")  # the per-epoch curves without test-time views
         preds, n = self.predict_target(logits, digit_logits), len(target)
         log = dict(on_step=False, on_epoch=True, add_dataloader_idx=False, batch_size=n)
         self.eval_acc[key](preds, target)
@@ -235,11 +314,11 @@ class ConvNetModule(PairModule):
 
     def __init__(self, **kwargs) -> None:
         super().__init__(**kwargs)
-        self.net = ConvNet(c_in=2, k=2).to(memory_format=self.memory_format)
+        self.build_net(lambda: ConvNet(c_in=2, k=2))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+    def forward_net(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         """``(B, 2, 14, 14)`` -> ``(logits (B, 2), None)``."""
-        return self.net(x.contiguous(memory_format=self.memory_format)), None
+        return net(x.contiguous(memory_format=self.memory_format)), None
 
 
 class WSModule(PairModule):
@@ -263,11 +342,11 @@ class WSModule(PairModule):
             raise ConfigError("model.trunk", trunk, f"one of {', '.join(TRUNKS)}")
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False)
-        self.net = TwoBranchNet(weight_sharing=weight_sharing, trunk=trunk).to(memory_format=self.memory_format)
+        self.build_net(lambda: TwoBranchNet(weight_sharing=weight_sharing, trunk=trunk))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_net(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``."""
-        return self.net(x)
+        return net(x)
 
 
 class WSAuxModule(WSModule):
@@ -307,6 +386,67 @@ class WSAuxModule(WSModule):
 
     def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
         terms = super().losses(logits, digit_logits, target, classes)
-        for i in (0, 1):
-            terms[f"digit{i + 1}"] = self.hparams.alpha * self._ce(digit_logits[:, i], classes[:, i])
+        for i in (0, 1):  # digit_logits (B, 2, 10), or (K, B, 2, 10) for an ensemble's members
+            terms[f"digit{i + 1}"] = self.hparams.alpha * self._ce(digit_logits[..., i, :], classes[:, i])
         return terms
+
+
+class DigitClassifierModule(PairModule):
+    """Model ``digit_classifier`` (not in the study): one trunk trained as a digit classifier
+    on both digits of every pair, the pairs decided from its two posteriors.
+
+    The trunk (:func:`~digitpairs.nets.make_trunk`; ``compact`` by default) sees the ``2B``
+    digits of a batch in one call. There is no learned comparator: the model's 2 comparison
+    logits are the probability rule's, ``[log P(d1 > d2), log P(d1 <= d2)]``
+    (:func:`~digitpairs.rules.rule_logits`), computed in evaluation from the mean posteriors
+    of the ensemble's members and test-time views. So the ``comparator`` and ``prob`` rules
+    agree; ``argmax`` compares the predicted digits.
+
+    Loss ``alpha * (CE(digit1) + CE(digit2))`` (the auxiliary losses of ``ws_aux`` alone),
+    logged as ``train/loss_digit1`` and ``train/loss_digit2``; ``gamma`` is not used.
+
+    Args:
+        alpha: weight of each digit loss, > 0.
+        trunk: ``table1``, ``wide`` or ``compact`` (:mod:`digitpairs.nets`).
+        decision: ``prob`` (the default; ``comparator`` is the same) or ``argmax``.
+        **kwargs: see :class:`PairModule`.
+
+    ``forward(x)``: ``float32 (B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``.
+    Parameters: 94,314 per member with ``trunk=compact``.
+
+    Raises:
+        ConfigError: ``alpha`` <= 0, an unknown ``trunk`` or ``decision`` (and see :class:`PairModule`).
+    """
+
+    has_aux = True
+    loss_terms = ("digit1", "digit2")
+
+    def __init__(self, alpha: float = 0.75, trunk: str = "compact", decision: str = "prob", **kwargs) -> None:
+        require_number("loss.alpha", alpha, 0, strict=True)
+        if trunk not in TRUNKS:
+            raise ConfigError("model.trunk", trunk, f"one of {', '.join(TRUNKS)}")
+        if decision not in RULES:
+            raise ConfigError("model.decision", decision, f"one of {', '.join(RULES)}")
+        super().__init__(**kwargs)
+        self.save_hyperparameters(logger=False)
+        self.build_net(lambda: make_trunk(trunk, 1, 10))
+
+    def forward_net(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``: both digits in one call."""
+        b = x.shape[0]
+        digits = net(x.reshape(2 * b, 1, *x.shape[2:]).contiguous(memory_format=self.memory_format)).view(b, 2, -1)
+        return rule_logits(digits), digits
+
+    def forward(self, x: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, digits = super().forward(x, tta)
+        if not self.training:  # the rule on the mean posteriors of the members and views
+            logits = rule_logits(digits)
+        return logits, digits
+
+    def predict_target(self, logits: torch.Tensor, digit_logits: torch.Tensor | None) -> torch.Tensor:
+        """Predicted targets ``int64 (B,)`` under the model's ``decision`` rule."""
+        return decide(self.hparams.decision, logits, digit_logits)
+
+    def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
+        # digit_logits (B, 2, 10), or (K, B, 2, 10) for an ensemble's members
+        return {f"digit{i + 1}": self.hparams.alpha * self._ce(digit_logits[..., i, :], classes[:, i]) for i in (0, 1)}

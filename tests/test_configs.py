@@ -17,7 +17,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from conftest import PROJECT_ROOT
 from digitpairs.config import CONF_DIR, group_options
 from digitpairs.data import PairDataModule
-from digitpairs.modules import ConvNetModule, WSAuxModule, WSModule
+from digitpairs.modules import ConvNetModule, DigitClassifierModule, WSAuxModule, WSModule
 
 MODEL_FILES = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if not p.stem.startswith("_"))
 EXPECTED = {  # option -> (class, parameters of .net, weight sharing); a new model adds its line here
@@ -25,7 +25,7 @@ EXPECTED = {  # option -> (class, parameters of .net, weight sharing); a new mod
     "ws": (WSModule, 103_128, True),
     "ws_aux": (WSAuxModule, 103_128, True),
     "aux": (WSAuxModule, 195_054, False),
-    "digit_classifier": (WSAuxModule, 151_660, True),
+    "digit_classifier": (DigitClassifierModule, 94_314, None),
 }
 
 
@@ -47,12 +47,12 @@ def test_every_model_composes_and_instantiates(name, compose_cfg):
     assert sum(p.numel() for p in model.net.parameters()) == count
     # The model takes its numbers from the optim and loss groups.
     assert model.hparams.lr1 == 0.05 and model.hparams.lr2 == 0.001 and model.hparams.weight_decay == 5e-4
-    assert model.hparams.gamma == (0.0 if name == "digit_classifier" else 0.5)  # digit_classifier: digit losses only
+    assert model.hparams.gamma == 0.5  # digit_classifier takes it but has no comparison loss
     assert model.hparams.switch_fraction == 0.6
     assert model.hparams.literal_softmax is False
     if sharing is not None:
         assert model.net.weight_sharing is sharing
-    if cls is WSAuxModule:
+    if cls in (WSAuxModule, DigitClassifierModule):
         assert model.hparams.alpha == 0.25
 
 
