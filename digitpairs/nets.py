@@ -57,6 +57,14 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+def _check_trunk(name: str, c_in: int, k: int, p_drop: float) -> None:
+    """Raise ``ValueError`` for a trunk's bad ``c_in``/``k`` (< 1) or ``p_drop`` (outside [0, 1))."""
+    if c_in < 1 or k < 1:
+        raise ValueError(f"{name}: c_in={c_in} and k={k} must both be >= 1")
+    if not 0.0 <= p_drop < 1.0:
+        raise ValueError(f"{name}: p_drop={p_drop} must lie in [0, 1)")
+
+
 def _mlp_block(n_in: int, n_out: int, p_drop: float) -> list[nn.Module]:
     """Linear -> ReLU -> BatchNorm1d -> Dropout, the hidden block of Table 1."""
     return [nn.Linear(n_in, n_out), nn.ReLU(), nn.BatchNorm1d(n_out), Dropout(p_drop)]
@@ -86,10 +94,7 @@ class ConvNet(nn.Sequential):
     """
 
     def __init__(self, c_in: int, k: int, p_drop: float = 0.2) -> None:
-        if c_in < 1 or k < 1:
-            raise ValueError(f"ConvNet: c_in={c_in} and k={k} must both be >= 1")
-        if not 0.0 <= p_drop < 1.0:
-            raise ValueError(f"ConvNet: p_drop={p_drop} must lie in [0, 1)")
+        _check_trunk(type(self).__name__, c_in, k, p_drop)
         super().__init__(
             nn.Conv2d(c_in, 32, kernel_size=3),
             nn.MaxPool2d(2),
@@ -131,10 +136,7 @@ class WideConvNet(nn.Sequential):
     """
 
     def __init__(self, c_in: int, k: int, p_drop: float = 0.3) -> None:
-        if c_in < 1 or k < 1:
-            raise ValueError(f"WideConvNet: c_in={c_in} and k={k} must both be >= 1")
-        if not 0.0 <= p_drop < 1.0:
-            raise ValueError(f"WideConvNet: p_drop={p_drop} must lie in [0, 1)")
+        _check_trunk(type(self).__name__, c_in, k, p_drop)
         super().__init__(
             *_conv_bn_relu(c_in, 32), *_conv_bn_relu(32, 32), nn.MaxPool2d(2),
             *_conv_bn_relu(32, 64), *_conv_bn_relu(64, 64), nn.MaxPool2d(2),
@@ -168,10 +170,7 @@ class CompactConvNet(nn.Sequential):
     """
 
     def __init__(self, c_in: int, k: int, p_drop: float = 0.3) -> None:
-        if c_in < 1 or k < 1:
-            raise ValueError(f"CompactConvNet: c_in={c_in} and k={k} must both be >= 1")
-        if not 0.0 <= p_drop < 1.0:
-            raise ValueError(f"CompactConvNet: p_drop={p_drop} must lie in [0, 1)")
+        _check_trunk(type(self).__name__, c_in, k, p_drop)
         super().__init__(
             nn.Conv2d(c_in, 32, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(32), nn.ReLU(),
             nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(64), nn.ReLU(),

@@ -221,7 +221,7 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for (key, ax, ylabel, scale) in (("train/loss_main", axes[0], "train loss (comparison CE)", 1), ("curve/test_acc", axes[1], "test accuracy (%)", 100)):
+    for (key, ax, ylabel, scale) in (("train/loss_main", axes[0], "train loss", 1), ("curve/test_acc", axes[1], "test accuracy (%)", 100)):
         drawn = False
         for label in labels:
             series = _histories(sweep_dir, groups[label], key)
@@ -250,7 +250,7 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
             ax.text(0.5, 0.5, f"no '{key}' history\n(test curve: data.test_curve=true)", ha="center", va="center",
                     transform=ax.transAxes)
     axes[0].set_yscale("log")
-    axes[0].set_title("Training loss of the comparison (geometric mean ± std)", fontsize=10)
+    axes[0].set_title("Training loss: the comparison's CE, else the digit losses (geometric mean ± std)", fontsize=9)
     axes[1].set_title("Test accuracy per epoch (for the figure only)")
     fig.tight_layout()
     fig.savefig(sweep_dir / "curves.png", dpi=120)

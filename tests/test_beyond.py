@@ -264,6 +264,15 @@ def test_bad_new_options_name_the_key(override, key, compose_cfg):
         _instantiate(cfg.model)
 
 
+def test_augment_cost_benchmark_prints_its_shares():
+    cmd = [sys.executable, "benchmarks/augment_cost.py", "--models", "model=digit_classifier", "--steps", "2", "--repeats", "1"]
+    out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ms per batch of 100 pairs" in out.stdout and "model=digit_classifier: training step" in out.stdout
+    share = float(out.stdout.split("augmentation = ")[1].split(" %")[0])
+    assert 0 < share < 100
+
+
 # ---- end to end ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):

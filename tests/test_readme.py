@@ -35,6 +35,7 @@ PREFIXES = ("python train.py", "python -m digitpairs.", "make ", "tensorboard ",
 NOT_RUN = {  # command start -> why it is not run here
     "make test-slurm": "starts a SLURM cluster: its own CI step (scripts/test-slurm.sh, tests/test_slurm.py)",
     "python benchmarks/checkpoint_cost.py": "a benchmark of minutes",
+    "python benchmarks/augment_cost.py": "a benchmark of a minute (tests/test_beyond.py runs it in a short form)",
     "python benchmarks/ablation.py --run": "trains a 15-seed sweep",
     "make test": "the test suite itself",
     "make bench": "a benchmark of minutes (benchmarks/speed.py)",
