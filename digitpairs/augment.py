@@ -37,7 +37,8 @@ class RandomDigitAffine(nn.Module):
     a pair; each of the ``B * C`` digits gets its own draw) and returns the same shape
     and dtype; classes and targets are not touched. ``fill`` is a number or a tensor
     that broadcasts to ``x`` (e.g. ``(B, C, 1, 1)``, one background value per digit).
-    :meth:`draw` warps in any mode (test-time augmentation).
+    :meth:`draw` warps in any mode, and with ``same=True`` one map for all digits
+    (test-time augmentation).
 
     Raises:
         ConfigError: a negative strength, or ``scale`` >= 1.
@@ -49,26 +50,31 @@ class RandomDigitAffine(nn.Module):
         require_number(f"{prefix}rotate", rotate, 0)
         require_number(f"{prefix}scale", scale, 0, high=1)
         self.shift, self.rotate, self.scale = float(shift), float(rotate), float(scale)
-        self._warps: dict[tuple[int, int], nn.Module] = {}  # per image size: kornia takes shifts as fractions
+        # per image size (kornia takes shifts as fractions) and per mode (one draw per digit, or one for all)
+        self._warps: dict[tuple[int, int, bool], nn.Module] = {}
 
-    def _warp(self, h: int, w: int) -> nn.Module:
-        if (h, w) not in self._warps:
+    def _warp(self, h: int, w: int, same: bool) -> nn.Module:
+        if (h, w, same) not in self._warps:
             from kornia.augmentation import RandomAffine
 
-            self._warps[h, w] = RandomAffine(
+            self._warps[h, w, same] = RandomAffine(
                 degrees=self.rotate, translate=(self.shift / w, self.shift / h),
-                scale=(1.0 - self.scale, 1.0 + self.scale), padding_mode="zeros", p=1.0,
+                scale=(1.0 - self.scale, 1.0 + self.scale), padding_mode="zeros", p=1.0, same_on_batch=same,
             )
-        return self._warps[h, w]
+        return self._warps[h, w, same]
 
     def forward(self, x: torch.Tensor, fill: float | torch.Tensor = 0.0) -> torch.Tensor:
         return self.draw(x, fill) if self.training else x
 
-    def draw(self, x: torch.Tensor, fill: float | torch.Tensor = 0.0) -> torch.Tensor:
-        """A fresh random affine map of every digit of ``x (B, C, H, W)``, in any mode."""
+    def draw(self, x: torch.Tensor, fill: float | torch.Tensor = 0.0, same: bool = False) -> torch.Tensor:
+        """A fresh random affine map of every digit of ``x (B, C, H, W)``, in any mode.
+
+        ``same=False``: each digit its own draw. ``same=True``: one draw, the same map for
+        every digit of ``x`` (a test-time view); it does not depend on ``B`` or ``C``, so
+        under a fixed seed a digit gets the same view whatever batch or slot it is in."""
         b, c, h, w = x.shape
         digits = (x - fill).reshape(b * c, 1, h, w)  # the background becomes 0, kornia's padding value
-        return self._warp(h, w)(digits).view(b, c, h, w) + fill
+        return self._warp(h, w, same)(digits).view(b, c, h, w) + fill
 
     def extra_repr(self) -> str:
         return f"shift={self.shift}, rotate={self.rotate}, scale={self.scale}"

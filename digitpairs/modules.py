@@ -21,10 +21,12 @@ et al. 2017, "deep ensembles"). ``members=1`` (the default) is the model itself.
 
 Test-time augmentation (``model.tta=V``, not in the study): in evaluation (the final
 train/val/test figures, ``evaluate.py``, ``predict.py``) the model's answer averages its
-probabilities over the pair as given and ``V`` random affine views of each digit
+probabilities over the pair as given and ``V`` random affine views of it
 (``model.tta_shift``, ``tta_rotate``, ``tta_scale``; by default the training augmentation's
-strengths). The views come from a generator seeded afresh for every batch, so evaluation
-is deterministic and leaves the training random stream untouched. The per-epoch curves
+strengths). The ``V`` maps are drawn from ``TTA_SEED`` afresh for every batch, one map per
+view for all digits, so a digit's answer depends on that digit alone (not on its batch,
+its place in it or its slot in the pair), evaluation is deterministic, and the training
+random stream is untouched. The per-epoch curves
 (validation) use the pair as given.
 
 Optimiser (the study's recipe, DESIGN §3): SGD, ``lr1`` for the first
@@ -64,7 +66,7 @@ EVAL_KEYS = [f"{stage}_{name}" for stage, name in EVAL_PREFIX]
 
 log = logging.getLogger(__name__)
 SCHEDULES = ("step", "onecycle")
-TTA_SEED = 0  # the test-time views of every evaluation batch are drawn from this seed
+TTA_SEED = 0  # the test-time views (the same V maps for every digit) are drawn from this seed
 
 
 def _accuracy(num_classes: int) -> MulticlassAccuracy:
@@ -189,7 +191,7 @@ class PairModule(L.LightningModule):
         background = x.amin(dim=(-2, -1), keepdim=True)  # per digit: its 0-valued pixels, normalised
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(TTA_SEED)
-            outs += [self._members(self.tta_views.draw(x, background)) for _ in range(views)]
+            outs += [self._members(self.tta_views.draw(x, background, same=True)) for _ in range(views)]
         logits = mean_probability(torch.stack([o[0] for o in outs]))
         digits = None if outs[0][1] is None else mean_probability(torch.stack([o[1] for o in outs]))
         return logits, digits
@@ -237,6 +239,15 @@ class PairModule(L.LightningModule):
         # the terms are means over members; K times their sum gives every member the gradient
         # of its own loss, as if it were trained alone
         return sum(terms.values()) * (logits.shape[0] if logits.dim() == 3 else 1)
+
+    def lr_scheduler_step(self, scheduler, metric) -> None:
+        """Step the lr schedule (Lightning's hook). A one-cycle schedule that has taken all
+        its planned steps (a resumed run trained past the epochs it was planned for) holds
+        its last lr instead of stepping: ``OneCycleLR`` raises ``ValueError`` beyond
+        ``total_steps``. The step schedule holds ``lr2`` after its switch by itself."""
+        if isinstance(scheduler, torch.optim.lr_scheduler.OneCycleLR) and scheduler.last_epoch >= scheduler.total_steps:
+            return
+        scheduler.step()
 
     def on_train_epoch_start(self) -> None:
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)

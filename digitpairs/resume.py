@@ -205,7 +205,7 @@ def check_resume(cfg, model: L.LightningModule, datamodule: L.LightningDataModul
     if old_max is not None and max_epochs != old_max:
         log.warning(
             "resume: trainer.max_epochs %s -> %s: the run trains to epoch %s; the lr schedule stays as the "
-            "checkpoint had it (planned for %s epochs)", old_max, max_epochs, max_epochs, old_max,
+            "checkpoint had it (planned for %s epochs; after them the lr stays at its last value)", old_max, max_epochs, max_epochs, old_max,
         )
     log.info("resume: %s, %d of %d epochs done", path, done, max_epochs)
     return ckpt

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import os
+import re
 import time
 import warnings
 from pathlib import Path
@@ -38,19 +39,28 @@ TRAIN_HISTORY = ("train/loss", "train/loss_main", "train/acc", "lr")  # per epoc
 EVAL_HISTORY = ("val/acc", "curve/test_acc")
 
 
-def _instantiate(node: DictConfig, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that lets our ``ConfigError`` through unwrapped."""
+def _instantiate(node: DictConfig, config_key: str | None = None, **kwargs: Any) -> Any:
+    """``hydra.utils.instantiate`` that lets our ``ConfigError`` through unwrapped.
+
+    With ``config_key`` (``"model"``, ``"data"``: where ``node`` sits in the config), a key
+    the constructor does not take (``+model.decision=argmax`` with ``model=convnet``) is a
+    ``ConfigError`` naming ``model.decision``, not a ``TypeError`` from deep inside Hydra."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
 
     try:
         return instantiate(node, **kwargs)
     except InstantiationException as err:
-        cause = err.__cause__
+        cause, unknown = err.__cause__, None
         while cause is not None and not isinstance(cause, ConfigError):
+            found = re.search(r"unexpected keyword argument '(\w+)'", str(cause)) if isinstance(cause, TypeError) else None
+            unknown = unknown or (found and found.group(1))
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
+        if config_key and unknown and unknown in node:
+            owner = str(node.get("_target_", "")).rsplit(".", 1)[-1]
+            raise ConfigError(f"{config_key}.{unknown}", node[unknown], f"it left out: {owner} has no key {unknown}") from None
         raise
 
 
@@ -166,8 +176,8 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     root = Path(cfg.data.root)
     root = root if root.is_absolute() else Path(cfg.paths.root) / root
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = _instantiate(cfg.data, root=str(root))
-    model = _instantiate(cfg.model)
+    datamodule = _instantiate(cfg.data, "data", root=str(root))
+    model = _instantiate(cfg.model, "model")
     datamodule.setup()
     log.info("data source: %s (data.source=%s)", datamodule.resolved_source, cfg.data.source)
     history = EpochHistory(TRAIN_HISTORY, EVAL_HISTORY)

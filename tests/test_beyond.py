@@ -217,12 +217,31 @@ def test_tta_averages_seeded_views_in_eval_only_and_leaves_the_random_stream():
     assert torch.allclose(background, torch.full_like(background, -dm.mean / dm.std))
     with torch.random.fork_rng():
         torch.manual_seed(TTA_SEED)
-        views = [x] + [model.tta_views.draw(x, background) for _ in range(4)]
+        views = [x] + [model.tta_views.draw(x, background, same=True) for _ in range(4)]
     mean = torch.stack([model(v, tta=False)[1].softmax(-1) for v in views]).mean(0)
     assert torch.allclose(first.softmax(-1), mean, atol=1e-6)
     model.tta_views.draw = lambda *args: pytest.fail("a test-time view was drawn")
     model(x, tta=False)  # the per-epoch curves: no views
     model.train()(x)  # training: no views
+
+
+def test_tta_answer_of_a_digit_depends_on_that_digit_alone():
+    """The same digit gets the same test-time probabilities whatever batch it is in, at any
+    place, in either slot of the pair (evaluate.py and predict.py agree with the run)."""
+    torch.manual_seed(0)
+    model = DigitClassifierModule(tta=4).eval()
+    x = _datamodule().sets["test"].tensors[0][:6]
+    digits = model(x)[1]  # (6, 2, 10)
+    alone = model(x[4:5])[1]  # a batch of one
+    assert torch.allclose(alone, digits[4:5], atol=1e-5)
+    swapped = model(x.flip(1).flip(0))[1]  # the slots and the order reversed
+    assert torch.allclose(swapped.flip(1).flip(0), digits, atol=1e-5)
+    same_digit = torch.stack([x[2, 0], x[2, 0]]).unsqueeze(0)  # one digit in both slots
+    probs = model(same_digit)[1].softmax(-1)
+    assert torch.allclose(probs[0, 0], probs[0, 1], atol=1e-6)
+    draws = RandomDigitAffine(1.5, 12.0, 0.1)
+    a, b = draws.draw(x[:1], same=True), draws.draw(x[:1], same=True)
+    assert not torch.allclose(a, b)  # every view is a fresh map
 
 
 # ---- config options ------------------------------------------------------------------

@@ -101,6 +101,10 @@ CASES = {  # id: (overrides, key, value as printed, what is allowed (start))
     "seed": (["seed=-1"], "seed", "-1", "an integer >= 0"),
     "idx_missing": (["data.source=idx", "data.root={missing}"], "data.root", "'{missing}'", "an existing folder"),
     "idx_no_files": (["data.source=idx", "data.root={empty}"], "data.root", "'{empty}'", "a folder holding train-images-idx3-ubyte"),
+    # a key of other models forced onto one without it (Hydra suggests the +): not a TypeError
+    "key_of_another_model": (["model=convnet", "+model.decision=argmax"], "model.decision", "'argmax'",
+                             "it left out: ConvNetModule has no key decision"),
+    "key_of_no_data_module": (["+data.elastic=2"], "data.elastic", "2", "it left out: PairDataModule has no key elastic"),
 }
 
 

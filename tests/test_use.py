@@ -120,6 +120,24 @@ def test_resume_longer_keeps_the_lr_schedule_and_warns_about_changed_keys(runs, 
     assert len(warnings) == 2, warnings
 
 
+def test_resume_longer_one_cycle_holds_its_last_lr(tmp_path):
+    """A one-cycle checkpoint (optim=sgd_onecycle, as recipe=beyond) resumed with more epochs
+    trains on at the schedule's last lr; OneCycleLR alone raises past its planned steps."""
+    from digitpairs.resume_args import resume_arguments
+    from digitpairs.task import train
+
+    empty = tmp_path / "no_mnist"
+    empty.mkdir()
+    first = base(empty)[1:] + ["model=digit_classifier", "optim=sgd_onecycle", "trainer.max_epochs=2"]
+    done = train(compose_config(first, tmp_path / "two"))
+    args = resume_arguments([f"ckpt_path={tmp_path / 'two' / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=4"])
+    m = train(compose_config(args, tmp_path / "four"))
+    assert m["epochs"] == 4 and m["history"]["lr"][:2] == pytest.approx(done["history"]["lr"])
+    lr = m["history"]["lr"]  # at each epoch's start
+    assert lr[2] == lr[3] < lr[1] / 10  # held at the lr after the last planned step
+    assert m["test_acc"] > 0.5
+
+
 def test_plus_ckpt_path_is_not_ignored():
     from digitpairs.resume_args import resume_arguments
 
