@@ -285,9 +285,10 @@ def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> P
     path.write_text(_markdown(sweep_dir, rows, groups))
     _plot(sweep_dir, groups)
     log.info("report: %s (+ boxplot.png, curves.png)", path)
+    width = max(map(len, groups), default=0)
     for label, runs in groups.items():
         d = describe([100 * r["test_acc"] for r in runs])
-        log.info("  %-10s %2d runs: test accuracy %.2f ± %.2f %%", label, d["n"], d["mean"], d["std"])
+        log.info("  %-*s %2d runs: test accuracy %.2f ± %.2f %%", width, label, d["n"], d["mean"], d["std"])
     return path
 
 
