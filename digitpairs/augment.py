@@ -2,8 +2,8 @@
 
 Each digit of each pair gets its own draw of a rotation, a scale and a shift: kornia's
 ``RandomAffine`` (``kornia.augmentation``, per-sample parameters, bilinear warp of the
-whole batch in one call). It costs about 2.2 ms per batch of 100 pairs on one CPU
-thread here, 4-5 % of a step of the best model (``benchmarks/augment_cost.py``).
+whole batch in one call). It costs 2.2-4.1 ms per batch of 100 pairs on one CPU
+thread here, 5-9 % of a step of the best model (``benchmarks/augment_cost.py``).
 """
 
 from __future__ import annotations
