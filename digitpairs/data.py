@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
 from digitpairs.augment import AUGMENTS, RandomDigitAffine
-from digitpairs.errors import ConfigError, require_number
+from digitpairs.errors import ConfigError, require_choice, require_number
 
 log = logging.getLogger(__name__)
 
@@ -204,8 +204,7 @@ def load_pools(source: str, root: str) -> tuple[Pool, Pool, str]:
     Raises:
         ConfigError: unknown source, or an ``idx`` folder that is missing or lacks files.
     """
-    if source not in SOURCES:
-        raise ConfigError("data.source", source, f"one of {', '.join(SOURCES)}")
+    require_choice("data.source", source, SOURCES)
     path = Path(root)
     if source == "auto":
         if torchvision_mnist_present(path):
@@ -361,15 +360,13 @@ class PairDataModule(L.LightningDataModule):
         repair: bool = False,
     ) -> None:
         super().__init__()
-        if augment not in AUGMENTS:
-            raise ConfigError("data.augment", augment, f"one of {', '.join(AUGMENTS)}")
+        require_choice("data.augment", augment, AUGMENTS)
         if not isinstance(repair, bool):
             raise ConfigError("data.repair", repair, "true or false")
         augmenter = RandomDigitAffine(shift, rotate, scale)  # checks the strengths even when off
         self.augmenter = augmenter if augment == "affine" else None
         self.repair = repair
-        if source not in SOURCES:
-            raise ConfigError("data.source", source, f"one of {', '.join(SOURCES)}")
+        require_choice("data.source", source, SOURCES)
         require_number("data.val_fraction", val_fraction, 0, high=1)
         require_number("data.batch_size", batch_size, 2, integer=True)  # BatchNorm1d trains on >= 2 samples
         require_number("data.eval_batch_size", eval_batch_size, 1, integer=True)

@@ -54,6 +54,17 @@ def require_number(
         raise ConfigError(key, value, allowed)
 
 
+def require_choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -> None:
+    """Raise :class:`ConfigError` unless ``value`` is one of ``allowed``.
+
+    Raises:
+        ConfigError: naming ``key``, ``value`` and the choices, e.g.
+            ``model.trunk='foo' is not allowed: expected one of table1, wide, compact``.
+    """
+    if value not in allowed:
+        raise ConfigError(key, value, f"one of {', '.join(allowed)}")
+
+
 class JobInterrupted(RunFailed):
     """A run stopped from outside before it finished (SLURM's time-limit warning signal);
     its checkpoint was saved. Recorded with status ``killed``."""

@@ -49,7 +49,7 @@ from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
 from digitpairs.augment import RandomDigitAffine
-from digitpairs.errors import ConfigError, RunFailed, require_number
+from digitpairs.errors import ConfigError, RunFailed, require_choice, require_number
 from digitpairs.nets import TRUNKS, ConvNet, TwoBranchNet, make_trunk, mean_probability
 from digitpairs.rules import RULES, decide, rule_logits
 
@@ -145,8 +145,7 @@ class PairModule(L.LightningModule):
         require_number("model.members", members, 1, integer=True)
         require_number("model.tta", tta, 0, integer=True)
         self.tta_views = RandomDigitAffine(tta_shift, tta_rotate, tta_scale, prefix="model.tta_")
-        if schedule not in SCHEDULES:
-            raise ConfigError("optim.schedule", schedule, f"one of {', '.join(SCHEDULES)}")
+        require_choice("optim.schedule", schedule, SCHEDULES)
         if nesterov and not momentum > 0:
             raise ConfigError("optim.nesterov", nesterov, "false unless optim.momentum > 0")
         require_number("loss.label_smoothing", label_smoothing, 0, high=1)
@@ -210,6 +209,11 @@ class PairModule(L.LightningModule):
     def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
         """The weighted loss terms; their sum is minimised. Keys become ``train/loss_<key>``."""
         return {"main": self.hparams.gamma * self._ce(logits, target)}
+
+    def _digit_losses(self, digit_logits: torch.Tensor, classes: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``alpha * CE`` of each digit head: ``digit_logits (B, 2, 10)``, or ``(K, B, 2, 10)``
+        for an ensemble's members, against ``classes int64 (B, 2)``."""
+        return {f"digit{i + 1}": self.hparams.alpha * self._ce(digit_logits[..., i, :], classes[:, i]) for i in (0, 1)}
 
     def _ce(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Cross-entropy of ``logits (..., B, C)`` against ``target (B,)``; leading member
@@ -285,8 +289,11 @@ class PairModule(L.LightningModule):
                 self.log(f"{prefix}acc_{rule}", metric, **log)
 
     def predict_target(self, logits: torch.Tensor, digit_logits: torch.Tensor | None) -> torch.Tensor:
-        """The model's predicted targets ``int64 (B,)``: the argmax of the comparison logits
-        (models with digit heads override this with their ``decision`` rule)."""
+        """The model's predicted targets ``int64 (B,)``: under its ``decision`` rule for a
+        model with digit heads (:func:`~digitpairs.rules.decide`), else the argmax of the
+        comparison logits."""
+        if self.has_aux:
+            return decide(self.hparams.decision, logits, digit_logits)
         return logits.argmax(dim=1)
 
     def validation_step(self, batch, batch_idx: int, dataloader_idx: int = 0) -> None:
@@ -349,8 +356,7 @@ class WSModule(PairModule):
     """
 
     def __init__(self, weight_sharing: bool = True, trunk: str = "table1", **kwargs) -> None:
-        if trunk not in TRUNKS:
-            raise ConfigError("model.trunk", trunk, f"one of {', '.join(TRUNKS)}")
+        require_choice("model.trunk", trunk, TRUNKS)
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False)
         self.build_net(lambda: TwoBranchNet(weight_sharing=weight_sharing, trunk=trunk))
@@ -386,20 +392,12 @@ class WSAuxModule(WSModule):
 
     def __init__(self, alpha: float = 0.75, weight_sharing: bool = True, decision: str = "comparator", **kwargs) -> None:
         require_number("loss.alpha", alpha, 0)
-        if decision not in RULES:
-            raise ConfigError("model.decision", decision, f"one of {', '.join(RULES)}")
+        require_choice("model.decision", decision, RULES)
         super().__init__(weight_sharing=weight_sharing, **kwargs)
         self.save_hyperparameters(logger=False)
 
-    def predict_target(self, logits: torch.Tensor, digit_logits: torch.Tensor | None) -> torch.Tensor:
-        """Predicted targets ``int64 (B,)`` under the model's ``decision`` rule."""
-        return decide(self.hparams.decision, logits, digit_logits)
-
     def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
-        terms = super().losses(logits, digit_logits, target, classes)
-        for i in (0, 1):  # digit_logits (B, 2, 10), or (K, B, 2, 10) for an ensemble's members
-            terms[f"digit{i + 1}"] = self.hparams.alpha * self._ce(digit_logits[..., i, :], classes[:, i])
-        return terms
+        return {**super().losses(logits, digit_logits, target, classes), **self._digit_losses(digit_logits, classes)}
 
 
 class DigitClassifierModule(PairModule):
@@ -434,10 +432,8 @@ class DigitClassifierModule(PairModule):
 
     def __init__(self, alpha: float = 0.75, trunk: str = "compact", decision: str = "prob", **kwargs) -> None:
         require_number("loss.alpha", alpha, 0, strict=True)
-        if trunk not in TRUNKS:
-            raise ConfigError("model.trunk", trunk, f"one of {', '.join(TRUNKS)}")
-        if decision not in RULES:
-            raise ConfigError("model.decision", decision, f"one of {', '.join(RULES)}")
+        require_choice("model.trunk", trunk, TRUNKS)
+        require_choice("model.decision", decision, RULES)
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False)
         self.build_net(lambda: make_trunk(trunk, 1, 10))
@@ -454,10 +450,5 @@ class DigitClassifierModule(PairModule):
             logits = rule_logits(digits)
         return logits, digits
 
-    def predict_target(self, logits: torch.Tensor, digit_logits: torch.Tensor | None) -> torch.Tensor:
-        """Predicted targets ``int64 (B,)`` under the model's ``decision`` rule."""
-        return decide(self.hparams.decision, logits, digit_logits)
-
     def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
-        # digit_logits (B, 2, 10), or (K, B, 2, 10) for an ensemble's members
-        return {f"digit{i + 1}": self.hparams.alpha * self._ce(digit_logits[..., i, :], classes[:, i]) for i in (0, 1)}
+        return self._digit_losses(digit_logits, classes)
