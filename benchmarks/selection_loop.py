@@ -1,0 +1,263 @@
+"""A fast research loop for issue #7: digit-classifier variants scored on the validation split.
+
+Bare PyTorch (no Lightning, no Hydra), so that a configuration costs only its training:
+for each seed, the pairs of ``PairDataModule(source, root, val_fraction=--val, seed)``
+are built as the project builds them; the networks are trained as digit classifiers on the
+digits of the fit pairs (their classes, cross-entropy) with SGD, Nesterov momentum 0.9 and
+a one-cycle schedule; they are scored on the **validation** digits and pairs (the pair by
+the probability rule P(d1 <= d2) > 0.5, ``digitpairs.rules.prob_leq``). The test pairs are
+never read. It prints one line per seed and, per test-time view setting, one ``RESULT``
+line: digit errors, pair errors, the mean NLL of the true digit classes, seconds per run::
+
+    python benchmarks/selection_loop.py --arch cp32,cp64,fc128 --ens 2 --joint --epochs 70 --tta --seeds 0-15
+    python benchmarks/selection_loop.py --arch cp32,cp64,fc128 --ens 4 --joint --epochs 35 --tta --seeds 0-15
+
+The README's table "Checked again, after the results below were read" is this loop on
+seeds 0-15; its rows change the keys shown there (``--ens``/``--epochs``, ``--augp 0.5``,
+``--bnrecal``, ``--shift 2 --rotate 15 --scale 0.15``, ``--shift 1 --rotate 8 --scale 0.07``).
+
+How it differs from ``train.py recipe=beyond`` (so its figures are not the project's):
+the trunk is built from ``--arch`` (``cp32,cp64,fc128`` is the same network as
+``model.trunk=compact``, initialised in another order); the augmentation is kornia's
+``RandomAffine`` called directly (the same draws as ``data.augment=affine``); the
+test-time views are drawn per digit (the project draws the same views for every digit).
+Use it to rank ideas cheaply on validation; measure a chosen one with ``train.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from digitpairs.data import PairDataModule  # noqa: E402
+from digitpairs.rules import prob_leq  # noqa: E402
+from digitpairs.runtime import configure_cpu  # noqa: E402
+
+# test-time view settings scored on the same trained networks: (name, views, strength factor)
+VIEWS = [("tta8", 8, 1.0), ("tta16", 16, 1.0), ("tta32", 32, 1.0), ("tta16h", 16, 0.5), ("tta16x", 16, 1.5)]
+VIEW_SEED = 1234
+
+
+def make_net(arch: str, p_drop: float) -> nn.Sequential:
+    """A digit classifier ``float (N, 1, 14, 14) -> logits float (N, 10)`` from a layer list.
+
+    ``arch`` is ``table1`` (Table 1 of the study, ``digitpairs.nets.ConvNet``) or a comma
+    list of: ``cpC`` conv 3x3 to C channels, max-pool 2, BatchNorm, ReLU; ``cC`` (``cCkK``:
+    kernel K) conv, BatchNorm, ReLU; ``p`` max-pool 2; ``g`` global average pooling;
+    ``fcN`` flatten, Linear to N, BatchNorm, ReLU. Dropout ``p_drop`` and Linear(., 10)
+    close it. Linear layers are lazy: call the network once before use.
+
+    Raises:
+        SystemExit: an unknown layer in ``arch``.
+    """
+    if arch == "table1":
+        from digitpairs.nets import ConvNet
+
+        return ConvNet(1, 10, 0.2)
+    layers: list[nn.Module] = []
+    c = 1
+    for s in arch.split(","):
+        if s.startswith("cp"):  # the elementwise work on the pooled map (max-pool commutes with ReLU)
+            co = int(s[2:])
+            layers += [nn.Conv2d(c, co, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(co), nn.ReLU()]
+            c = co
+        elif s.startswith("fc"):
+            n = int(s[2:])
+            layers += [nn.Flatten(), nn.LazyLinear(n), nn.BatchNorm1d(n), nn.ReLU()]
+            c = n
+        elif s.startswith("c") and s[1:].split("k")[0].isdigit():
+            co, _, k = s[1:].partition("k")
+            k = int(k or 3)
+            layers += [nn.Conv2d(c, int(co), k, padding=k // 2, bias=False), nn.BatchNorm2d(int(co)), nn.ReLU()]
+            c = int(co)
+        elif s == "p":
+            layers.append(nn.MaxPool2d(2))
+        elif s == "g":
+            layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
+        else:
+            raise SystemExit(f"error: --arch {arch!r}: unknown layer {s!r}: expected cpC, cC, cCkK, p, g or fcN")
+    layers += [nn.Flatten(), nn.Dropout(p_drop), nn.LazyLinear(10)]
+    return nn.Sequential(*layers)
+
+
+def make_augment(a: argparse.Namespace) -> nn.Module:
+    """The training augmentation of single digits ``float (N, 1, 14, 14)``, background 0:
+    kornia's ``RandomAffine`` (probability ``--augp``), then optional elastic distortion and
+    random erasing."""
+    import kornia.augmentation as K
+
+    augs = [K.RandomAffine(degrees=a.rotate, translate=(a.shift / 14, a.shift / 14), scale=(1 - a.scale, 1 + a.scale),
+                           shear=a.shear if a.shear else None, p=a.augp)]
+    if a.elastic:
+        ks = int(4 * a.esigma) | 1
+        augs.append(K.RandomElasticTransform(kernel_size=(ks, ks), sigma=(a.esigma, a.esigma),
+                                             alpha=(a.elastic, a.elastic), p=1.0))
+    if a.erase:
+        augs.append(K.RandomErasing(scale=(0.02, a.erase), ratio=(0.5, 2.0), value=0.0, p=0.5))
+    return K.AugmentationSequential(*augs)
+
+
+def train_group(a: argparse.Namespace, nets: list[nn.Module], xd: torch.Tensor, cd: torch.Tensor, aug: nn.Module,
+                fill: float) -> None:
+    """Train ``nets`` side by side on the same batches of digits ``xd float (N, 1, 14, 14)``
+    with classes ``cd int64 (N,)``: ``--epochs`` epochs of ``2 * --bs`` digits per step."""
+    cl = torch.channels_last
+    opts, scheds = [], []
+    steps_per_epoch = len(xd) // (2 * a.bs)
+    for net in nets:
+        opt = torch.optim.SGD(net.parameters(), lr=a.lr, momentum=0.9, nesterov=True, weight_decay=a.wd)
+        opts.append(opt)
+        scheds.append(torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=a.lr, total_steps=a.epochs * steps_per_epoch,
+                                                          cycle_momentum=False))
+    for _ in range(a.epochs):
+        for net in nets:
+            net.train()
+        perm = torch.randperm(len(xd))
+        for i in range(steps_per_epoch):
+            idx = perm[i * 2 * a.bs:(i + 1) * 2 * a.bs]
+            xb = (aug(xd[idx] - fill) + fill).contiguous(memory_format=cl)
+            for net, opt, sched in zip(nets, opts, scheds):
+                if a.member_aug and net is not nets[0]:
+                    xb = (aug(xd[idx] - fill) + fill).contiguous(memory_format=cl)
+                if a.mixup:
+                    lam = float(torch.distributions.Beta(a.mixup, a.mixup).sample())
+                    j = torch.randperm(len(idx))
+                    out = net(lam * xb + (1 - lam) * xb[j])
+                    loss = lam * F.cross_entropy(out, cd[idx]) + (1 - lam) * F.cross_entropy(out, cd[idx][j])
+                else:
+                    loss = F.cross_entropy(net(xb), cd[idx], label_smoothing=a.ls)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                sched.step()
+    if a.bnrecal:  # BatchNorm statistics from the clean training digits
+        for net in nets:
+            for mod in net.modules():
+                if isinstance(mod, nn.modules.batchnorm._BatchNorm):
+                    mod.reset_running_stats()
+                    mod.momentum = None
+            net.train()
+            with torch.no_grad():
+                for i in range(0, len(xd), 200):
+                    net(xd[i:i + 200].contiguous(memory_format=cl))
+
+
+def view_probs(a: argparse.Namespace, net: nn.Module, xvd: torch.Tensor, fill: float) -> dict[str, torch.Tensor]:
+    """Class probabilities ``float (N, 10)`` of the digits ``xvd (N, 1, 14, 14)`` in eval mode:
+    ``plain`` and, with ``--tta``, each setting of ``VIEWS`` (the digit and K random affine
+    views of it, one draw per digit and view, averaged). The global random state is kept."""
+    import kornia.augmentation as K
+
+    net.eval()
+    with torch.no_grad():
+        p = net(xvd.contiguous(memory_format=torch.channels_last)).softmax(1)
+        out = {"plain": p}
+        if a.tta:
+            state = torch.get_rng_state()
+            torch.manual_seed(VIEW_SEED)
+            for name, k, f in VIEWS:
+                taug = K.RandomAffine(degrees=a.rotate * f, translate=(a.shift * f / 14, a.shift * f / 14),
+                                      scale=(1 - a.scale * f, 1 + a.scale * f), p=1.0)
+                q = p.clone()
+                for _ in range(k):
+                    q = q + net((taug(xvd - fill) + fill).contiguous(memory_format=torch.channels_last)).softmax(1)
+                out[name] = q / (k + 1)
+            torch.set_rng_state(state)
+    return out
+
+
+def parse_seeds(text: str) -> list[int]:
+    """``0-15`` or ``0,1,2``: the seeds."""
+    if "-" in text:
+        lo, hi = text.split("-")
+        return list(range(int(lo), int(hi) + 1))
+    return [int(s) for s in text.split(",")]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="c32,c32,p,c64,c64,p,c128,g", help="layer list (make_net) or table1; "
+                    "members of an ensemble: a|b|c, cycled")
+    ap.add_argument("--seeds", default="0-3", help="0-15 or 0,1,2")
+    ap.add_argument("--source", default="idx", help="data.source (idx: the study's exact protocol)")
+    ap.add_argument("--root", default=str(ROOT.parent / "shared" / "data" / "mnist"), help="data.root")
+    ap.add_argument("--val", type=float, default=0.2, help="data.val_fraction")
+    ap.add_argument("--epochs", type=int, default=100)
+    ap.add_argument("--bs", type=int, default=100, help="pairs per batch (2x digits)")
+    ap.add_argument("--lr", type=float, default=0.1, help="one-cycle peak lr")
+    ap.add_argument("--wd", type=float, default=5e-4)
+    ap.add_argument("--drop", type=float, default=0.3)
+    ap.add_argument("--ls", type=float, default=0.0, help="label smoothing")
+    ap.add_argument("--shift", type=float, default=1.5, help="pixels")
+    ap.add_argument("--rotate", type=float, default=12, help="degrees")
+    ap.add_argument("--scale", type=float, default=0.1, help="relative")
+    ap.add_argument("--shear", type=float, default=0.0, help="degrees")
+    ap.add_argument("--augp", type=float, default=1.0, help="probability of the affine draw per digit")
+    ap.add_argument("--elastic", type=float, default=0.0, help="elastic alpha (0: off)")
+    ap.add_argument("--esigma", type=float, default=3.0)
+    ap.add_argument("--erase", type=float, default=0.0, help="largest erased area (0: off)")
+    ap.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a) (0: off)")
+    ap.add_argument("--ens", type=int, default=1, help="ensemble members (probabilities averaged)")
+    ap.add_argument("--joint", action="store_true", help="members trained side by side on the same batches")
+    ap.add_argument("--member-aug", action="store_true", help="joint: each member its own augmentation draw")
+    ap.add_argument("--bnrecal", action="store_true", help="recompute BatchNorm statistics on clean digits at the end")
+    ap.add_argument("--tta", action="store_true", help="also score the test-time view settings of VIEWS")
+    ap.add_argument("--tag", default="")
+    a = ap.parse_args()
+    configure_cpu(1, True, True)
+    aug = make_augment(a)
+    res: dict[str, list[tuple[int, int, float, float]]] = {}
+    for seed in parse_seeds(a.seeds):
+        dm = PairDataModule(source=a.source, root=a.root, val_fraction=a.val, seed=seed)
+        dm.setup()
+        x, _, c = dm.sets["train"].tensors
+        xd, cd = x.reshape(-1, 1, 14, 14), c.reshape(-1)
+        fill = -dm.mean / dm.std
+        xv, tv, cv = dm.sets["val"].tensors
+        torch.manual_seed(seed)
+        t0 = time.perf_counter()
+        probs_all = []
+        groups = [list(range(a.ens))] if a.joint else [[m] for m in range(a.ens)]
+        archs = a.arch.split("|")
+        for group in groups:
+            nets = []
+            for m in group:
+                net = make_net(archs[m % len(archs)], a.drop)
+                net(xd[:4])  # materialise the lazy layers
+                nets.append(net.to(memory_format=torch.channels_last))
+            train_group(a, nets, xd, cd, aug, fill)
+            probs_all += [view_probs(a, net, xv.reshape(-1, 1, 14, 14), fill) for net in nets]
+        wall = time.perf_counter() - t0
+        line = []
+        for v in probs_all[0]:
+            p = torch.stack([pa[v] for pa in probs_all]).mean(0).view(-1, 2, 10)
+            derr = int((p.argmax(2) != cv).sum())
+            perr = int(((prob_leq(p[:, 0], p[:, 1]) > 0.5).long() != tv).sum())
+            nll = float(-p.clamp_min(1e-12).log().gather(2, cv.unsqueeze(2)).mean())
+            res.setdefault(v, []).append((derr, perr, wall, nll))
+            line.append(f"{v}: digit err {derr}, pair err {perr}, nll {nll:.4f}")
+            if a.ens > 1:  # the first member alone
+                q = probs_all[0][v].view(-1, 2, 10)
+                line.append(f"[member0 {int((q.argmax(2) != cv).sum())}/"
+                            f"{int(((prob_leq(q[:, 0], q[:, 1]) > 0.5).long() != tv).sum())}]")
+        print(f"  seed {seed}: " + "  ".join(line) + f"  {wall:.1f}s", flush=True)
+    nd, npair = cv.numel(), len(tv)
+    for v, rs in res.items():
+        n = len(rs)
+        d, pe = sum(r[0] for r in rs), sum(r[1] for r in rs)
+        print(f"RESULT {a.tag}[{v}] {' '.join(sys.argv[1:])} | digit err {d}/{n * nd} = {100 * d / (n * nd):.2f}% "
+              f"| pair err {pe}/{n * npair} = {100 * pe / (n * npair):.2f}% | nll {sum(r[3] for r in rs) / n:.4f} "
+              f"| {sum(r[2] for r in rs) / n:.1f}s/run", flush=True)
+
+
+if __name__ == "__main__":
+    main()
