@@ -33,6 +33,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -93,7 +94,7 @@ def make_net(arch: str, p_drop: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def make_augment(a: argparse.Namespace) -> nn.Module:
+def make_augment(a: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor]:
     """The training augmentation of single digits ``float (N, 1, 14, 14)``, background 0:
     kornia's ``RandomAffine`` (probability ``--augp``), then optional elastic distortion and
     random erasing."""
@@ -123,8 +124,58 @@ def make_augment(a: argparse.Namespace) -> nn.Module:
     return with_stroke
 
 
-def train_group(a: argparse.Namespace, nets: list[nn.Module], xd: torch.Tensor, cd: torch.Tensor, aug: nn.Module,
-                fill: float) -> None:
+def member_loss(a: argparse.Namespace, net: nn.Module, xb: torch.Tensor, cb: torch.Tensor) -> Callable[[], torch.Tensor]:
+    """The training loss of one member on the batch ``xb (N, 1, 14, 14)``, classes ``cb (N,)``,
+    as a closure (SAM evaluates it twice): cross-entropy with ``--ls``, or with ``--mixup``
+    the mixup loss, its ``lam`` and partner order drawn once, here."""
+    if not a.mixup:
+        return lambda: F.cross_entropy(net(xb), cb, label_smoothing=a.ls)
+    lam = float(torch.distributions.Beta(a.mixup, a.mixup).sample())
+    j = torch.randperm(len(cb))
+
+    def loss() -> torch.Tensor:
+        out = net(lam * xb + (1 - lam) * xb[j])
+        return lam * F.cross_entropy(out, cb) + (1 - lam) * F.cross_entropy(out, cb[j])
+
+    return loss
+
+
+def sam_gradient(net: nn.Module, loss: Callable[[], torch.Tensor], rho: float) -> None:
+    """SAM (Foret et al. 2021): replace the gradients of ``net`` (already computed at ``w``)
+    by those of ``loss`` at ``w + rho * g / ||g||``; the weights are left at ``w``."""
+    params = [q for q in net.parameters() if q.grad is not None]
+    with torch.no_grad():
+        norm = torch.norm(torch.stack([q.grad.norm() for q in params])) + 1e-12
+        eps = [rho * q.grad / norm for q in params]
+        for q, e in zip(params, eps):
+            q.add_(e)
+    net.zero_grad(set_to_none=True)
+    loss().backward()
+    with torch.no_grad():
+        for q, e in zip(params, eps):
+            q.sub_(e)
+
+
+def mutual_loss(a: argparse.Namespace, nets: list[nn.Module], view: Callable[[], torch.Tensor], xb: torch.Tensor,
+                cb: torch.Tensor) -> torch.Tensor:
+    """Deep mutual learning (Zhang et al. 2018): the sum over members of cross-entropy plus
+    ``--mutual`` times the KL to the other members' mean probabilities (held constant).
+    Member 0 sees ``xb``; with ``--member-aug`` each other member a fresh ``view()``."""
+    outs = []
+    for net in nets:
+        if a.member_aug and net is not nets[0]:
+            xb = view()
+        outs.append(net(xb))
+    logp = [o.log_softmax(1) for o in outs]
+    loss = 0.0
+    for m, o in enumerate(outs):
+        peer = torch.stack([logp[j].detach() for j in range(len(outs)) if j != m]).exp().mean(0)
+        loss = loss + F.cross_entropy(o, cb, label_smoothing=a.ls) + a.mutual * F.kl_div(logp[m], peer, reduction="batchmean")
+    return loss
+
+
+def train_group(a: argparse.Namespace, nets: list[nn.Module], xd: torch.Tensor, cd: torch.Tensor,
+                aug: Callable[[torch.Tensor], torch.Tensor], fill: float) -> None:
     """Train ``nets`` side by side on the same batches of digits ``xd float (N, 1, 14, 14)``
     with classes ``cd int64 (N,)``: ``--epochs`` epochs of ``2 * --bs`` digits per step."""
     cl = torch.channels_last
@@ -141,50 +192,24 @@ def train_group(a: argparse.Namespace, nets: list[nn.Module], xd: torch.Tensor, 
         perm = torch.randperm(len(xd))
         for i in range(steps_per_epoch):
             idx = perm[i * 2 * a.bs:(i + 1) * 2 * a.bs]
-            xb = (aug(xd[idx] - fill) + fill).contiguous(memory_format=cl)
-            if a.mutual and len(nets) > 1:  # deep mutual learning: CE plus KL to the other members
-                outs = []
-                for net in nets:
-                    if a.member_aug and net is not nets[0]:
-                        xb = (aug(xd[idx] - fill) + fill).contiguous(memory_format=cl)
-                    outs.append(net(xb))
-                logp = [o.log_softmax(1) for o in outs]
-                loss = 0.0
-                for m, o in enumerate(outs):
-                    peer = torch.stack([logp[j].detach() for j in range(len(outs)) if j != m]).exp().mean(0)
-                    kl = F.kl_div(logp[m], peer, reduction="batchmean")
-                    loss = loss + F.cross_entropy(o, cd[idx], label_smoothing=a.ls) + a.mutual * kl
+            view = lambda: (aug(xd[idx] - fill) + fill).contiguous(memory_format=cl)  # noqa: E731
+            xb, cb = view(), cd[idx]
+            if a.mutual:  # one loss couples the members: one backward, then every member steps
                 for opt in opts:
                     opt.zero_grad(set_to_none=True)
-                loss.backward()
+                mutual_loss(a, nets, view, xb, cb).backward()
                 for opt, sched in zip(opts, scheds):
                     opt.step()
                     sched.step()
                 continue
             for net, opt, sched in zip(nets, opts, scheds):
                 if a.member_aug and net is not nets[0]:
-                    xb = (aug(xd[idx] - fill) + fill).contiguous(memory_format=cl)
-                if a.mixup:
-                    lam = float(torch.distributions.Beta(a.mixup, a.mixup).sample())
-                    j = torch.randperm(len(idx))
-                    out = net(lam * xb + (1 - lam) * xb[j])
-                    loss = lam * F.cross_entropy(out, cd[idx]) + (1 - lam) * F.cross_entropy(out, cd[idx][j])
-                else:
-                    loss = F.cross_entropy(net(xb), cd[idx], label_smoothing=a.ls)
+                    xb = view()
+                loss = member_loss(a, net, xb, cb)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if a.sam:  # sharpness-aware minimisation (Foret et al. 2021): the gradient at w + e
-                    params = [q for q in net.parameters() if q.grad is not None]
-                    with torch.no_grad():
-                        norm = torch.norm(torch.stack([q.grad.norm() for q in params])) + 1e-12
-                        eps = [a.sam * q.grad / norm for q in params]
-                        for q, e in zip(params, eps):
-                            q.add_(e)
-                    opt.zero_grad(set_to_none=True)
-                    F.cross_entropy(net(xb), cd[idx], label_smoothing=a.ls).backward()
-                    with torch.no_grad():
-                        for q, e in zip(params, eps):
-                            q.sub_(e)
+                loss().backward()
+                if a.sam:
+                    sam_gradient(net, loss, a.sam)
                 opt.step()
                 sched.step()
     if a.bnrecal:  # BatchNorm statistics from the clean training digits
@@ -266,8 +291,9 @@ def main() -> None:
     ap.add_argument("--tta", action="store_true", help="also score the test-time view settings of VIEWS")
     ap.add_argument("--tag", default="")
     a = ap.parse_args()
-    if a.sam and a.mutual:
-        ap.error(f"--sam {a.sam} with --mutual {a.mutual}: choose one (SAM is applied to independently trained members)")
+    if a.mutual and not (a.joint and a.ens >= 2 and not a.mixup and not a.sam):
+        ap.error(f"--mutual {a.mutual}: needs --joint and --ens >= 2 (got --ens {a.ens}, --joint {a.joint}), "
+                 f"and neither --mixup nor --sam (got {a.mixup}, {a.sam})")
     configure_cpu(1, True, True)
     aug = make_augment(a)
     res: dict[str, list[tuple[int, int, float, float]]] = {}

