@@ -101,7 +101,7 @@ def make_augment(a: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor
     import kornia.augmentation as K
 
     augs = [K.RandomAffine(degrees=a.rotate, translate=(a.shift / 14, a.shift / 14), scale=(1 - a.scale, 1 + a.scale),
-                           shear=a.shear if a.shear else None, p=a.augp)]
+                           shear=a.shear if a.shear else None, p=a.augp, resample=a.resample)]
     if a.elastic:
         ks = int(4 * a.esigma) | 1
         augs.append(K.RandomElasticTransform(kernel_size=(ks, ks), sigma=(a.esigma, a.esigma),
@@ -122,6 +122,31 @@ def make_augment(a: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor
         return x + t.clamp_min(0) * (dil - x) + (-t).clamp_min(0) * (ero - x)
 
     return with_stroke
+
+
+def deskew(x: torch.Tensor, fill: float) -> torch.Tensor:
+    """Moment deskewing of digits ``float (N, 1, H, W)``, background ``fill``: each digit is
+    sheared so that its principal axis is vertical and shifted so that its centre of mass is
+    the image centre (the classic MNIST preprocessing, e.g. LeCun et al. 1998, section on
+    deslanting); the same for every split, since it reads the digit alone."""
+    n, _, h, w = x.shape
+    g = (x - fill).clamp_min(0)[:, 0]
+    tot = g.sum((1, 2)).clamp_min(1e-6)
+    rows = torch.arange(h, dtype=x.dtype).view(1, h, 1)
+    cols = torch.arange(w, dtype=x.dtype).view(1, 1, w)
+    m0 = (g * rows).sum((1, 2)) / tot
+    m1 = (g * cols).sum((1, 2)) / tot
+    v00 = (g * (rows - m0.view(-1, 1, 1)) ** 2).sum((1, 2)) / tot
+    v01 = (g * (rows - m0.view(-1, 1, 1)) * (cols - m1.view(-1, 1, 1))).sum((1, 2)) / tot
+    alpha = v01 / v00.clamp_min(1e-6)
+    theta = torch.zeros(n, 2, 3, dtype=x.dtype)
+    theta[:, 0, 0] = 1
+    theta[:, 0, 1] = alpha * (h - 1) / (w - 1)
+    theta[:, 0, 2] = 2 * (m1 - (w - 1) / 2) / (w - 1)
+    theta[:, 1, 1] = 1
+    theta[:, 1, 2] = 2 * (m0 - (h - 1) / 2) / (h - 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=True)
+    return F.grid_sample(x - fill, grid, align_corners=True, padding_mode="zeros") + fill
 
 
 def member_loss(a: argparse.Namespace, net: nn.Module, xb: torch.Tensor, cb: torch.Tensor) -> Callable[[], torch.Tensor]:
@@ -190,8 +215,9 @@ def train_group(a: argparse.Namespace, nets: list[nn.Module], xd: torch.Tensor, 
         for net in nets:
             net.train()
         perm = torch.randperm(len(xd))
+        per = 2 * a.bs // a.repeat  # distinct digits per step; each seen --repeat times, its own draw each
         for i in range(steps_per_epoch):
-            idx = perm[i * 2 * a.bs:(i + 1) * 2 * a.bs]
+            idx = perm[(i * per) % len(xd):(i * per) % len(xd) + per].repeat(a.repeat)
             view = lambda: (aug(xd[idx] - fill) + fill).contiguous(memory_format=cl)  # noqa: E731
             xb, cb = view(), cd[idx]
             if a.mutual:  # one loss couples the members: one backward, then every member steps
@@ -239,7 +265,7 @@ def view_probs(a: argparse.Namespace, net: nn.Module, xvd: torch.Tensor, fill: f
             torch.manual_seed(VIEW_SEED)
             for name, k, f in VIEWS:
                 taug = K.RandomAffine(degrees=a.rotate * f, translate=(a.shift * f / 14, a.shift * f / 14),
-                                      scale=(1 - a.scale * f, 1 + a.scale * f), p=1.0)
+                                      scale=(1 - a.scale * f, 1 + a.scale * f), p=1.0, resample=a.resample)
                 q = p.clone()
                 for _ in range(k):
                     q = q + net((taug(xvd - fill) + fill).contiguous(memory_format=torch.channels_last)).softmax(1)
@@ -289,11 +315,16 @@ def main() -> None:
     ap.add_argument("--sam", type=float, default=0.0, help="SAM radius rho (0: off; 2x the compute per step)")
     ap.add_argument("--bnrecal", action="store_true", help="recompute BatchNorm statistics on clean digits at the end")
     ap.add_argument("--tta", action="store_true", help="also score the test-time view settings of VIEWS")
+    ap.add_argument("--repeat", type=int, default=1, help="repeated augmentation: each step 2*bs/R digits, R views each")
+    ap.add_argument("--resample", default="bilinear", choices=["bilinear", "bicubic"], help="interpolation of the affine views")
+    ap.add_argument("--deskew", action="store_true", help="moment deskewing of every digit (all splits)")
     ap.add_argument("--tag", default="")
     a = ap.parse_args()
     if a.mutual and not (a.joint and a.ens >= 2 and not a.mixup and not a.sam):
         ap.error(f"--mutual {a.mutual}: needs --joint and --ens >= 2 (got --ens {a.ens}, --joint {a.joint}), "
                  f"and neither --mixup nor --sam (got {a.mixup}, {a.sam})")
+    if a.repeat < 1 or (2 * a.bs) % a.repeat:
+        ap.error(f"--repeat {a.repeat}: must be a positive divisor of the {2 * a.bs} digits of a step (2 * --bs)")
     configure_cpu(1, True, True)
     aug = make_augment(a)
     res: dict[str, list[tuple[int, int, float, float]]] = {}
@@ -304,6 +335,8 @@ def main() -> None:
         xd, cd = x.reshape(-1, 1, 14, 14), c.reshape(-1)
         fill = -dm.mean / dm.std
         xv, tv, cv = dm.sets["val"].tensors
+        if a.deskew:
+            xd, xv = deskew(xd, fill), deskew(xv.reshape(-1, 1, 14, 14), fill).view(xv.shape)
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         probs_all = []

