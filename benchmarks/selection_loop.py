@@ -17,7 +17,9 @@ seeds 0-15; its rows change the keys shown there (``--ens``/``--epochs``, ``--au
 ``--bnrecal``, ``--shift 2 --rotate 15 --scale 0.15``, ``--shift 1 --rotate 8 --scale 0.07``,
 ``--drop 0.1``, ``--wd 1e-3``, ``--mutual 1`` (deep mutual learning, Zhang et al. 2018),
 ``--thick 0.5`` (random stroke width), ``--shear 10``, ``--sam 0.05`` (SAM, Foret et al. 2021),
-``--arch "cp32,cp64,fc128|table1"`` (two different trunks));
+``--arch "cp32,cp64,fc128|table1"`` (two different trunks), ``--deskew`` (moment deskewing),
+``--resample bicubic``, ``--repeat 2`` (repeated augmentation, Hoffer et al. 2020), wider and
+deeper ``--arch`` lists);
 none of them beat the recipe there.
 
 How it differs from ``train.py recipe=beyond`` (so its figures are not the project's):
