@@ -58,7 +58,7 @@ def make_net(arch: str, p_drop: float) -> nn.Sequential:
     """A digit classifier ``float (N, 1, 14, 14) -> logits float (N, 10)`` from a layer list.
 
     ``arch`` is ``table1`` (Table 1 of the study, ``digitpairs.nets.ConvNet``) or a comma
-    list of: ``cpC`` conv 3x3 to C channels, max-pool 2, BatchNorm, ReLU; ``cC`` (``cCkK``:
+    list of: ``cpC`` (``cpCkK``: kernel K, default 3) conv to C channels, max-pool 2, BatchNorm, ReLU; ``cC`` (``cCkK``:
     kernel K) conv, BatchNorm, ReLU; ``p`` max-pool 2; ``g`` global average pooling;
     ``fcN`` flatten, Linear to N, BatchNorm, ReLU. Dropout ``p_drop`` and Linear(., 10)
     close it. Linear layers are lazy: call the network once before use.
@@ -74,8 +74,9 @@ def make_net(arch: str, p_drop: float) -> nn.Sequential:
     c = 1
     for s in arch.split(","):
         if s.startswith("cp"):  # the elementwise work on the pooled map (max-pool commutes with ReLU)
-            co = int(s[2:])
-            layers += [nn.Conv2d(c, co, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(co), nn.ReLU()]
+            co, _, k = s[2:].partition("k")
+            co, k = int(co), int(k or 3)
+            layers += [nn.Conv2d(c, co, k, padding=k // 2, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(co), nn.ReLU()]
             c = co
         elif s.startswith("fc"):
             n = int(s[2:])
