@@ -58,8 +58,8 @@ def make_net(arch: str, p_drop: float) -> nn.Sequential:
     """A digit classifier ``float (N, 1, 14, 14) -> logits float (N, 10)`` from a layer list.
 
     ``arch`` is ``table1`` (Table 1 of the study, ``digitpairs.nets.ConvNet``) or a comma
-    list of: ``cpC`` (``cpCkK``: kernel K, default 3) conv to C channels, max-pool 2, BatchNorm, ReLU; ``cC`` (``cCkK``:
-    kernel K) conv, BatchNorm, ReLU; ``p`` max-pool 2; ``g`` global average pooling;
+    list of: ``cpC`` (``cpCkK``: kernel K, default 3) conv to C channels, max-pool 2,
+    BatchNorm, ReLU; ``cC`` (``cCkK``: kernel K) conv, BatchNorm, ReLU; ``p`` max-pool 2; ``g`` global average pooling;
     ``fcN`` flatten, Linear to N, BatchNorm, ReLU. Dropout ``p_drop`` and Linear(., 10)
     close it. Linear layers are lazy: call the network once before use.
 
@@ -106,14 +106,22 @@ def _make_layers(arch: str, p_drop: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def random_affine(a: argparse.Namespace, f: float = 1.0, shear: float | None = None, p: float = 1.0) -> nn.Module:
+    """kornia's ``RandomAffine`` at ``f`` times the strengths ``--shift``/``--rotate``/``--scale``
+    (``--resample`` interpolation), for training (with shear and ``--augp``) and test-time views."""
+    import kornia.augmentation as K
+
+    return K.RandomAffine(degrees=a.rotate * f, translate=(a.shift * f / 14, a.shift * f / 14),
+                          scale=(1 - a.scale * f, 1 + a.scale * f), shear=shear, p=p, resample=a.resample)
+
+
 def make_augment(a: argparse.Namespace) -> Callable[[torch.Tensor], torch.Tensor]:
     """The training augmentation of single digits ``float (N, 1, 14, 14)``, background 0:
     kornia's ``RandomAffine`` (probability ``--augp``), then optional elastic distortion and
     random erasing."""
     import kornia.augmentation as K
 
-    augs = [K.RandomAffine(degrees=a.rotate, translate=(a.shift / 14, a.shift / 14), scale=(1 - a.scale, 1 + a.scale),
-                           shear=a.shear if a.shear else None, p=a.augp, resample=a.resample)]
+    augs = [random_affine(a, shear=a.shear if a.shear else None, p=a.augp)]
     if a.elastic:
         ks = int(4 * a.esigma) | 1
         augs.append(K.RandomElasticTransform(kernel_size=(ks, ks), sigma=(a.esigma, a.esigma),
@@ -148,8 +156,9 @@ def deskew(x: torch.Tensor, fill: float) -> torch.Tensor:
     cols = torch.arange(w, dtype=x.dtype).view(1, 1, w)
     m0 = (g * rows).sum((1, 2)) / tot
     m1 = (g * cols).sum((1, 2)) / tot
-    v00 = (g * (rows - m0.view(-1, 1, 1)) ** 2).sum((1, 2)) / tot
-    v01 = (g * (rows - m0.view(-1, 1, 1)) * (cols - m1.view(-1, 1, 1))).sum((1, 2)) / tot
+    dr, dc = rows - m0.view(-1, 1, 1), cols - m1.view(-1, 1, 1)
+    v00 = (g * dr ** 2).sum((1, 2)) / tot
+    v01 = (g * dr * dc).sum((1, 2)) / tot
     alpha = v01 / v00.clamp_min(1e-6)
     theta = torch.zeros(n, 2, 3, dtype=x.dtype)
     theta[:, 0, 0] = 1
@@ -229,7 +238,7 @@ def train_group(a: argparse.Namespace, nets: list[nn.Module], xd: torch.Tensor, 
         perm = torch.randperm(len(xd))
         per = 2 * a.bs // a.repeat  # distinct digits per step; each seen --repeat times, its own draw each
         for i in range(steps_per_epoch):
-            idx = perm[(i * per) % len(xd):(i * per) % len(xd) + per].repeat(a.repeat)
+            idx = perm[i * per:(i + 1) * per].repeat(a.repeat)
             view = lambda: (aug(xd[idx] - fill) + fill).contiguous(memory_format=cl)  # noqa: E731
             xb, cb = view(), cd[idx]
             if a.mutual:  # one loss couples the members: one backward, then every member steps
@@ -266,8 +275,6 @@ def view_probs(a: argparse.Namespace, net: nn.Module, xvd: torch.Tensor, fill: f
     """Class probabilities ``float (N, 10)`` of the digits ``xvd (N, 1, 14, 14)`` in eval mode:
     ``plain`` and, with ``--tta``, each setting of ``VIEWS`` (the digit and K random affine
     views of it, one draw per digit and view, averaged). The global random state is kept."""
-    import kornia.augmentation as K
-
     net.eval()
     with torch.no_grad():
         p = net(xvd.contiguous(memory_format=torch.channels_last)).softmax(1)
@@ -276,8 +283,7 @@ def view_probs(a: argparse.Namespace, net: nn.Module, xvd: torch.Tensor, fill: f
             state = torch.get_rng_state()
             torch.manual_seed(VIEW_SEED)
             for name, k, f in VIEWS:
-                taug = K.RandomAffine(degrees=a.rotate * f, translate=(a.shift * f / 14, a.shift * f / 14),
-                                      scale=(1 - a.scale * f, 1 + a.scale * f), p=1.0, resample=a.resample)
+                taug = random_affine(a, f)
                 q = p.clone()
                 for _ in range(k):
                     q = q + net((taug(xvd - fill) + fill).contiguous(memory_format=torch.channels_last)).softmax(1)

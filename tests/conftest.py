@@ -6,6 +6,7 @@ pytest's ``tmp_path``, and composed configs get their output folder there too.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -38,6 +39,15 @@ def run_train(args: list[str], tmp_path: Path, timeout: float = 240) -> subproce
     cmd = [sys.executable, "train.py", *args, f"hydra.run.dir={tmp_path / 'run'}"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore::DeprecationWarning"}
     return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def load_script(relpath: str, name: str):
+    """The project script ``relpath`` (e.g. ``predict.py``) loaded as module ``name`` in this
+    process, so tests can call its functions without starting a subprocess."""
+    spec = importlib.util.spec_from_file_location(name, PROJECT_ROOT / relpath)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def read_metrics(run_dir: Path) -> dict:

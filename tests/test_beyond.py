@@ -16,7 +16,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from conftest import PROJECT_ROOT
+from conftest import PROJECT_ROOT, load_script
 from digitpairs.augment import RandomDigitAffine
 from digitpairs.data import PairDataModule
 from digitpairs.errors import ConfigError
@@ -346,12 +346,7 @@ def test_selection_loop_learns_real_digits_and_scores_validation_only(extra):
 @pytest.fixture(scope="module")
 def selection_loop():
     """benchmarks/selection_loop.py as a module, loaded in this process (no subprocess start)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("selection_loop", PROJECT_ROOT / "benchmarks" / "selection_loop.py")
-    loop = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(loop)
-    return loop
+    return load_script("benchmarks/selection_loop.py", "selection_loop")
 
 
 @pytest.mark.parametrize(("extra", "message"), [
@@ -387,22 +382,23 @@ def test_deskew_makes_a_slanted_stroke_upright_and_centred(selection_loop):
     """selection_loop.deskew: a bar slanted by one column per two rows, off centre, comes out with
     its centre of mass at the image centre (6.5, 6.5) and no row-column covariance (upright);
     the background value is kept."""
-    deskew = selection_loop.deskew
-
     fill = -0.5
     x = torch.full((1, 1, 14, 14), fill)
     for r in range(2, 12):
         x[0, 0, r, 3 + r // 2] = 2.0  # columns 4..8, leaning right going down
-    y = deskew(x, fill)
-    g = (y - fill).clamp_min(0)[0, 0]
-    rows = torch.arange(14.0).view(14, 1)
-    cols = torch.arange(14.0).view(1, 14)
-    m0, m1 = float((g * rows).sum() / g.sum()), float((g * cols).sum() / g.sum())
-    cov = float((g * (rows - m0) * (cols - m1)).sum() / g.sum())
-    var_r = float((g * (rows - m0) ** 2).sum() / g.sum())
+    y = selection_loop.deskew(x, fill)
+
+    def moments(img: torch.Tensor) -> tuple[float, float, float, float]:
+        """Centre of mass (row, column), row variance and row-column covariance of the ink."""
+        g = (img - fill).clamp_min(0)[0, 0]
+        rows, cols = torch.arange(14.0).view(14, 1), torch.arange(14.0).view(1, 14)
+        m0, m1 = (g * rows).sum() / g.sum(), (g * cols).sum() / g.sum()
+        var_r = (g * (rows - m0) ** 2).sum() / g.sum()
+        return float(m0), float(m1), float(var_r), float((g * (rows - m0) * (cols - m1)).sum() / g.sum())
+
+    m0, m1, var_r, cov = moments(y)
+    cov_before = moments(x)[3]
     assert abs(m0 - 6.5) < 0.3 and abs(m1 - 6.5) < 0.3, (m0, m1)
-    gx = (x - fill)[0, 0]
-    cov_before = float((gx * (rows - 6.5) * (cols - (gx * cols).sum() / gx.sum())).sum() / gx.sum())
     assert cov_before > 1.0 and abs(cov) < 0.1 * cov_before, (cov_before, cov)
     assert var_r > 5  # still a tall stroke
     assert float(y[0, 0, 0, 0]) == fill and y.shape == x.shape

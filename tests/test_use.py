@@ -15,7 +15,6 @@ subprocess.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import logging
 import re
@@ -28,7 +27,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import IDX_DIR, PROJECT_ROOT, compose_config, read_metrics
+from conftest import IDX_DIR, PROJECT_ROOT, compose_config, load_script, read_metrics
 from test_errors import one_error_line
 
 pytestmark = pytest.mark.slow
@@ -239,10 +238,7 @@ def test_evaluate_bad_checkpoints(case, tmp_path, capsys):
 # ---- predict ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def predict_main():
-    spec = importlib.util.spec_from_file_location("predict_cli", PROJECT_ROOT / "predict.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
+    return load_script("predict.py", "predict_cli").main
 
 
 def test_predict_example_pngs(runs, predict_main, capsys, tmp_path):
