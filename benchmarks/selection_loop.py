@@ -19,8 +19,9 @@ seeds 0-15; its rows change the keys shown there (``--ens``/``--epochs``, ``--au
 ``--thick 0.5`` (random stroke width), ``--shear 10``, ``--sam 0.05`` (SAM, Foret et al. 2021),
 ``--arch "cp32,cp64,fc128|table1"`` (two different trunks), ``--deskew`` (moment deskewing),
 ``--resample bicubic``, ``--repeat 2`` (repeated augmentation, Hoffer et al. 2020), wider and
-deeper ``--arch`` lists, ``--ls 0.1``, ``--ls 0.05``, ``--drop 0.5``, ``--pairloss 1`` (a
-probability-rule loss on every in-batch pair), ``--ls 0.05 --pairloss 1``);
+deeper ``--arch`` lists, ``--ls 0.1``, ``--ls 0.05``, ``--drop 0.5``, ``--wd 2.5e-4``, the
+members apart (no ``--joint``), ``--pairloss 1`` (a probability-rule loss on every in-batch
+pair), ``--ls 0.05 --pairloss 1``, 4 or 2 much wider members);
 none of them beat the recipe there.
 
 How it differs from ``train.py recipe=beyond`` (so its figures are not the project's):
