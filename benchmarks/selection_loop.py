@@ -21,7 +21,9 @@ seeds 0-15; its rows change the keys shown there (``--ens``/``--epochs``, ``--au
 ``--resample bicubic``, ``--repeat 2`` (repeated augmentation, Hoffer et al. 2020), wider and
 deeper ``--arch`` lists, ``--ls 0.1``, ``--ls 0.05``, ``--drop 0.5``, ``--wd 2.5e-4``, the
 members apart (no ``--joint``), ``--pairloss 1`` (a probability-rule loss on every in-batch
-pair), ``--ls 0.05 --pairloss 1``, 4 or 2 much wider members);
+pair), ``--ls 0.05 --pairloss 1``, 4 or 2 much wider members, ``--kd 0.5`` (born-again distillation:
+students trained on the members' soft labels, Furlanello et al. 2018), ``--kd 0.5 --kd-keep``,
+``--arch u,cp16,cp32,cp64,fc128`` (the digit upsampled 2x inside the network));
 none of them beat the recipe there.
 
 How it differs from ``train.py recipe=beyond`` (so its figures are not the project's):
@@ -57,13 +59,15 @@ VIEW_SEED = 1234
 
 
 def make_net(arch: str, p_drop: float) -> nn.Sequential:
-    """A digit classifier ``float (N, 1, 14, 14) -> logits float (N, 10)`` from a layer list.
+    """A digit classifier ``float (N, 1, H, W) -> logits float (N, 10)`` from a layer list
+    (H = W = 14, or 28 with ``--upsample``).
 
     ``arch`` is ``table1`` (Table 1 of the study, ``digitpairs.nets.ConvNet``) or a comma
     list of: ``cpC`` (``cpCkK``: kernel K, default 3) conv to C channels, max-pool 2,
     BatchNorm, ReLU; ``cC`` (``cCkK``: kernel K) conv, BatchNorm, ReLU; ``p`` max-pool 2;
-    ``g`` global average pooling; ``fcN`` flatten, Linear to N, BatchNorm, ReLU. Dropout ``p_drop`` and Linear(., 10)
-    close it. Linear layers are lazy: call the network once before use.
+    ``u`` bilinear 2x upsampling; ``g`` global average pooling; ``fcN`` flatten, Linear to N,
+    BatchNorm, ReLU. Dropout ``p_drop`` and Linear(., 10) close it. Linear layers are lazy:
+    call the network once before use.
 
     Raises:
         SystemExit: an unknown layer in ``arch``.
@@ -76,7 +80,7 @@ def make_net(arch: str, p_drop: float) -> nn.Sequential:
         return _make_layers(arch, p_drop)
     except ValueError:  # a count or kernel that is not an integer, e.g. cp32kx
         raise SystemExit(f"error: --arch {arch!r}: a channel count, unit count or kernel is not an integer; "
-                         "expected cpC, cpCkK, cC, cCkK, p, g or fcN") from None
+                         "expected cpC, cpCkK, cC, cCkK, p, u, g or fcN") from None
 
 
 def _make_layers(arch: str, p_drop: float) -> nn.Sequential:
@@ -100,10 +104,12 @@ def _make_layers(arch: str, p_drop: float) -> nn.Sequential:
             c = int(co)
         elif s == "p":
             layers.append(nn.MaxPool2d(2))
+        elif s == "u":  # bilinear 2x upsampling: the following layers see a 28x28 digit
+            layers.append(nn.Upsample(scale_factor=2, mode="bilinear", align_corners=False))
         elif s == "g":
             layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         else:
-            raise SystemExit(f"error: --arch {arch!r}: unknown layer {s!r}: expected cpC, cpCkK, cC, cCkK, p, g or fcN")
+            raise SystemExit(f"error: --arch {arch!r}: unknown layer {s!r}: expected cpC, cpCkK, cC, cCkK, p, u, g or fcN")
     layers += [nn.Flatten(), nn.Dropout(p_drop), nn.LazyLinear(10)]
     return nn.Sequential(*layers)
 
@@ -207,6 +213,15 @@ def all_pairs_bce(logits: torch.Tensor, cb: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy(prob[off], target[off])
 
 
+def kd_loss(logits: torch.Tensor, teacher_p: torch.Tensor, cb: torch.Tensor, w: float, t: float) -> torch.Tensor:
+    """The distillation loss (Hinton et al. 2015), a float scalar in nats: ``(1 - w)`` times the
+    cross-entropy of ``logits float (N, K)`` against the classes ``cb int64 (N,)``, plus
+    ``w * t^2`` times the KL from the teachers' probabilities at temperature ``t``,
+    ``teacher_p float (N, K)`` (rows sum to 1), to the student's ``softmax(logits / t)``."""
+    kl = F.kl_div((logits / t).log_softmax(1), teacher_p, reduction="batchmean")
+    return (1 - w) * F.cross_entropy(logits, cb) + w * t ** 2 * kl
+
+
 def sam_gradient(net: nn.Module, loss: Callable[[], torch.Tensor], rho: float) -> None:
     """SAM (Foret et al. 2021): replace the gradients of ``net`` (already computed at ``w``)
     by those of ``loss`` at ``w + rho * g / ||g||``; the weights are left at ``w``."""
@@ -242,9 +257,14 @@ def mutual_loss(a: argparse.Namespace, nets: list[nn.Module], view: Callable[[],
 
 
 def train_group(a: argparse.Namespace, nets: list[nn.Module], xd: torch.Tensor, cd: torch.Tensor,
-                aug: Callable[[torch.Tensor], torch.Tensor], fill: float) -> None:
+                aug: Callable[[torch.Tensor], torch.Tensor], fill: float,
+                teachers: list[nn.Module] | None = None) -> None:
     """Train ``nets`` side by side on the same batches of digits ``xd float (N, 1, 14, 14)``
-    with classes ``cd int64 (N,)``: ``--epochs`` epochs of ``2 * --bs`` digits per step."""
+    with classes ``cd int64 (N,)``: ``--epochs`` epochs of ``2 * --bs`` digits per step.
+    With ``teachers`` (trained, kept in eval mode), each net's loss is ``(1 - --kd)`` times
+    cross-entropy plus ``--kd * T^2`` times the KL from the teachers' mean probabilities at
+    temperature ``T = --kd-t`` on the same augmented batch (Hinton et al. 2015; born-again
+    networks, Furlanello et al. 2018)."""
     cl = torch.channels_last
     opts, scheds = [], []
     steps_per_epoch = len(xd) // (2 * a.bs)
@@ -270,10 +290,17 @@ def train_group(a: argparse.Namespace, nets: list[nn.Module], xd: torch.Tensor, 
                     opt.step()
                     sched.step()
                 continue
+            if teachers:
+                with torch.no_grad():
+                    tp = torch.stack([t(xb) / a.kd_t for t in teachers]).softmax(2).mean(0)
             for net, opt, sched in zip(nets, opts, scheds):
                 if a.member_aug and net is not nets[0]:
                     xb = view()
-                loss = member_loss(a, net, xb, cb)
+                if teachers:
+                    def loss(net: nn.Module = net) -> torch.Tensor:
+                        return kd_loss(net(xb), tp, cb, a.kd, a.kd_t)
+                else:
+                    loss = member_loss(a, net, xb, cb)
                 opt.zero_grad(set_to_none=True)
                 loss().backward()
                 if a.sam:
@@ -358,6 +385,12 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=1, help="repeated augmentation: each step 2*bs/R digits, R views each")
     ap.add_argument("--resample", default="bilinear", choices=["bilinear", "bicubic"], help="interpolation of the affine views")
     ap.add_argument("--deskew", action="store_true", help="moment deskewing of every digit (all splits)")
+    ap.add_argument("--upsample", action="store_true", help="every digit (all splits) bilinearly upsampled to "
+                    "28x28 before augmentation and the network")
+    ap.add_argument("--kd", type=float, default=0.0, help="born-again distillation: after the members, train "
+                    "as many students on (1 - KD) * CE + KD * T^2 * KL(teachers || student) (0: off)")
+    ap.add_argument("--kd-t", type=float, default=2.0, help="distillation temperature T")
+    ap.add_argument("--kd-keep", action="store_true", help="distillation: the teachers stay in the ensemble")
     ap.add_argument("--tag", default="")
     a = ap.parse_args()
     if a.mutual and not (a.joint and a.ens >= 2 and not a.mixup and not a.sam):
@@ -366,6 +399,12 @@ def main() -> None:
     if a.pairloss and (a.mixup or a.mutual):
         ap.error(f"--pairloss {a.pairloss}: applies to the plain cross-entropy loss only "
                  f"(got --mixup {a.mixup}, --mutual {a.mutual})")
+    if a.kd and not (0 < a.kd <= 1 and a.kd_t > 0):
+        ap.error(f"--kd {a.kd} --kd-t {a.kd_t}: the distillation weight must be in (0, 1] and the temperature > 0")
+    if a.kd and (a.mutual or a.mixup or a.sam or a.pairloss or a.ls):
+        ap.error(f"--kd {a.kd}: the students' loss is cross-entropy plus distillation only; it cannot be combined "
+                 f"with --mutual, --mixup, --sam, --pairloss or --ls (got {a.mutual}, {a.mixup}, {a.sam}, "
+                 f"{a.pairloss}, {a.ls})")
     if a.repeat < 1 or (2 * a.bs) % a.repeat:
         ap.error(f"--repeat {a.repeat}: must be a positive divisor of the {2 * a.bs} digits of a step (2 * --bs)")
     configure_cpu(1, True, True)
@@ -380,6 +419,9 @@ def main() -> None:
         xv, tv, cv = dm.sets["val"].tensors
         if a.deskew:
             xd, xv = deskew(xd, fill), deskew(xv.reshape(-1, 1, 14, 14), fill).view(xv.shape)
+        xvd = xv.reshape(-1, 1, 14, 14)
+        if a.upsample:  # every digit bilinearly to 28x28 once: the training and test-time views are drawn there
+            xd, xvd = (F.interpolate(t, scale_factor=2, mode="bilinear", align_corners=False) for t in (xd, xvd))
         torch.manual_seed(seed)
         t0 = time.perf_counter()
         probs_all = []
@@ -392,7 +434,17 @@ def main() -> None:
                 net(xd[:4])  # materialise the lazy layers
                 nets.append(net.to(memory_format=torch.channels_last))
             train_group(a, nets, xd, cd, aug, fill)
-            probs_all += [view_probs(a, net, xv.reshape(-1, 1, 14, 14), fill) for net in nets]
+            if a.kd:  # born-again students of this group's members, same architectures
+                for t in nets:
+                    t.eval()
+                students = []
+                for m in group:
+                    net = make_net(archs[m % len(archs)], a.drop)
+                    net(xd[:4])
+                    students.append(net.to(memory_format=torch.channels_last))
+                train_group(a, students, xd, cd, aug, fill, teachers=nets)
+                nets = students + (nets if a.kd_keep else [])
+            probs_all += [view_probs(a, net, xvd, fill) for net in nets]
         wall = time.perf_counter() - t0
         line = []
         for v in probs_all[0]:

