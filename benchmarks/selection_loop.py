@@ -23,7 +23,8 @@ deeper ``--arch`` lists, ``--ls 0.1``, ``--ls 0.05``, ``--drop 0.5``, ``--wd 2.5
 members apart (no ``--joint``), ``--pairloss 1`` (a probability-rule loss on every in-batch
 pair), ``--ls 0.05 --pairloss 1``, 4 or 2 much wider members, ``--kd 0.5`` (born-again distillation:
 students trained on the members' soft labels, Furlanello et al. 2018), ``--kd 0.5 --kd-keep``,
-``--arch u,cp16,cp32,cp64,fc128`` (the digit upsampled 2x inside the network));
+``--arch u,cp16,cp32,cp64,fc128`` (the digit upsampled 2x inside the network), ``--upsample``
+(every digit upsampled to 28x28 before augmentation));
 none of them beat the recipe there.
 
 How it differs from ``train.py recipe=beyond`` (so its figures are not the project's):
@@ -259,7 +260,7 @@ def mutual_loss(a: argparse.Namespace, nets: list[nn.Module], view: Callable[[],
 def train_group(a: argparse.Namespace, nets: list[nn.Module], xd: torch.Tensor, cd: torch.Tensor,
                 aug: Callable[[torch.Tensor], torch.Tensor], fill: float,
                 teachers: list[nn.Module] | None = None) -> None:
-    """Train ``nets`` side by side on the same batches of digits ``xd float (N, 1, 14, 14)``
+    """Train ``nets`` side by side on the same batches of digits ``xd float (N, 1, H, W)``
     with classes ``cd int64 (N,)``: ``--epochs`` epochs of ``2 * --bs`` digits per step.
     With ``teachers`` (trained, kept in eval mode), each net's loss is ``(1 - --kd)`` times
     cross-entropy plus ``--kd * T^2`` times the KL from the teachers' mean probabilities at
@@ -401,10 +402,10 @@ def main() -> None:
                  f"(got --mixup {a.mixup}, --mutual {a.mutual})")
     if a.kd and not (0 < a.kd <= 1 and a.kd_t > 0):
         ap.error(f"--kd {a.kd} --kd-t {a.kd_t}: the distillation weight must be in (0, 1] and the temperature > 0")
-    if a.kd and (a.mutual or a.mixup or a.sam or a.pairloss or a.ls):
-        ap.error(f"--kd {a.kd}: the students' loss is cross-entropy plus distillation only; it cannot be combined "
-                 f"with --mutual, --mixup, --sam, --pairloss or --ls (got {a.mutual}, {a.mixup}, {a.sam}, "
-                 f"{a.pairloss}, {a.ls})")
+    if a.kd and (a.mutual or a.mixup or a.sam or a.pairloss or a.ls or a.member_aug):
+        ap.error(f"--kd {a.kd}: the students' loss is cross-entropy plus distillation on the teachers' batch only; "
+                 f"it cannot be combined with --mutual, --mixup, --sam, --pairloss, --ls or --member-aug (got "
+                 f"{a.mutual}, {a.mixup}, {a.sam}, {a.pairloss}, {a.ls}, {a.member_aug})")
     if a.repeat < 1 or (2 * a.bs) % a.repeat:
         ap.error(f"--repeat {a.repeat}: must be a positive divisor of the {2 * a.bs} digits of a step (2 * --bs)")
     configure_cpu(1, True, True)
@@ -427,21 +428,19 @@ def main() -> None:
         probs_all = []
         groups = [list(range(a.ens))] if a.joint else [[m] for m in range(a.ens)]
         archs = a.arch.split("|")
+        def build(m: int) -> nn.Module:
+            """Member ``m``: its ``--arch`` entry, lazy layers materialised, channels-last."""
+            net = make_net(archs[m % len(archs)], a.drop)
+            net(xd[:4])
+            return net.to(memory_format=torch.channels_last)
+
         for group in groups:
-            nets = []
-            for m in group:
-                net = make_net(archs[m % len(archs)], a.drop)
-                net(xd[:4])  # materialise the lazy layers
-                nets.append(net.to(memory_format=torch.channels_last))
+            nets = [build(m) for m in group]
             train_group(a, nets, xd, cd, aug, fill)
             if a.kd:  # born-again students of this group's members, same architectures
                 for t in nets:
                     t.eval()
-                students = []
-                for m in group:
-                    net = make_net(archs[m % len(archs)], a.drop)
-                    net(xd[:4])
-                    students.append(net.to(memory_format=torch.channels_last))
+                students = [build(m) for m in group]
                 train_group(a, students, xd, cd, aug, fill, teachers=nets)
                 nets = students + (nets if a.kd_keep else [])
             probs_all += [view_probs(a, net, xvd, fill) for net in nets]

