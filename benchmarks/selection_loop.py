@@ -110,7 +110,8 @@ def _make_layers(arch: str, p_drop: float) -> nn.Sequential:
         elif s == "g":
             layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten()]
         else:
-            raise SystemExit(f"error: --arch {arch!r}: unknown layer {s!r}: expected cpC, cpCkK, cC, cCkK, p, u, g or fcN")
+            raise SystemExit(f"error: --arch {arch!r}: unknown layer {s!r}: "
+                             "expected cpC, cpCkK, cC, cCkK, p, u, g or fcN")
     layers += [nn.Flatten(), nn.Dropout(p_drop), nn.LazyLinear(10)]
     return nn.Sequential(*layers)
 

