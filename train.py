@@ -15,14 +15,14 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from digitpairs.config import check_group_choices, register_resolvers
-from digitpairs.errors import ConfigError
-from digitpairs.resume_args import resume_arguments
+from digitpairs.training.resume_args import resume_arguments
+from digitpairs.utils.config import check_group_choices, register_resolvers
+from digitpairs.utils.errors import one_line_errors
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from digitpairs.task import run  # imports torch and Lightning: once per worker, not per job
+    from digitpairs.training.task import run  # imports torch and Lightning: once per worker, not per job
 
     metrics = run(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
     return metrics.get("test_acc")
@@ -30,10 +30,7 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     register_resolvers()
-    try:
+    with one_line_errors():
         check_group_choices(sys.argv[1:])
         sys.argv[1:] = resume_arguments(sys.argv[1:])  # ckpt_path=...: the checkpoint's own overrides first
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     main()

@@ -1,6 +1,6 @@
-"""The ablation of issue #7: from the study's ws_aux to the best model, one ingredient per row.
+"""The ablation: from the study's ws_aux to the best model (``recipe=beyond``), one ingredient per row.
 
-Every row is a 15-seed sweep on the study's exact protocol (MNIST 60k/10k from IDX files),
+Every row is a 15-seed sweep on the study's protocol (MNIST 60,000/10,000, the default data),
 trained on all 1000 training pairs and scored on 1000 fresh test pairs per seed::
 
     python benchmarks/ablation.py --commands        # print the command of every row
@@ -8,7 +8,7 @@ trained on all 1000 training pairs and scored on 1000 fresh test pairs per seed:
     python benchmarks/ablation.py                   # print the table from the sweep folders
 
 The table gives per row: mean ± sample std of test accuracy over the seeds, the Welch
-two-sided p against the row above (``digitpairs.report.welch``), the mean digit accuracy
+two-sided p against the row above (``digitpairs.sweeps.report.welch``), the mean digit accuracy
 of the digit heads, and the mean wall time per run (``wall_time_s`` of ``metrics.json``:
 one run, one torch thread, two runs in parallel; it depends on the machine's load).
 
@@ -30,10 +30,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from digitpairs.report import welch  # noqa: E402
-from digitpairs.sweep import collect  # noqa: E402
+from digitpairs.sweeps.report import welch  # noqa: E402
+from digitpairs.sweeps.summary import collect  # noqa: E402
 
-EXACT = "data.source=idx data.root=../shared/data/mnist"
 LAUNCH = "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
 WS_AUX = "experiment=study model=ws_aux model.decision=prob"  # ws_aux rows after row 2 decide by the probability rule
 AUG = "data.augment=affine"
@@ -61,7 +60,7 @@ def command(row: int) -> str:
     """The one command that reproduces row ``row`` (1-based)."""
     _, _, folder, extra, _, source = ROWS[row - 1]
     folder = source or folder
-    return f"python train.py -m {extra} {EXACT} {LAUNCH} hydra.sweep.dir=outputs/ablation/{folder}"
+    return f"python train.py -m {extra} {LAUNCH} hydra.sweep.dir=outputs/ablation/{folder}"
 
 
 def table(out: Path) -> str:

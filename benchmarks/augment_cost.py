@@ -1,4 +1,4 @@
-"""What the per-digit affine augmentation (kornia, ``digitpairs.augment``) costs per training step.
+"""What the per-digit affine augmentation (kornia, ``digitpairs.data.augment``) costs per training step.
 
 Issue #7 asks for a well-kept library for the per-sample warp unless it costs more than
 10 % of a step. This times, on one torch thread, a batch of 100 pairs (200 digits):
@@ -50,9 +50,9 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from digitpairs.augment import RandomDigitAffine
-    from digitpairs.config import CONF_DIR, register_resolvers
-    from digitpairs.runtime import configure_cpu
+    from digitpairs.data.augment import RandomDigitAffine
+    from digitpairs.training.runtime import configure_cpu
+    from digitpairs.utils.config import CONF_DIR, register_resolvers
 
     configure_cpu(1, True, True)
     torch.manual_seed(0)

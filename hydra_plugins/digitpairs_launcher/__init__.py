@@ -9,13 +9,13 @@ name); every key of ``hydra_submitit_launcher``'s ``SlurmQueueConf`` works as do
 there. It differs from ``hydra_submitit_launcher``'s ``SlurmLauncher`` (1.2) in four ways:
 
 1. A time limit too short for submitit's warning signal is refused before anything is
-   submitted (:func:`digitpairs.slurm.check_time_limit`; one line, exit 2).
+   submitted (:func:`digitpairs.sweeps.slurm.check_time_limit`; one line, exit 2).
 2. It waits for every job. A job that SLURM killed (scancel, time limit, out of memory,
    lost node) or that crashed outside the task no longer raises ``UncompletedJobError``
    in the launching process: it is recorded in its job folder as status ``killed`` (or
    ``failed``) with SLURM's state, so Hydra's ``on_multirun_end`` runs and
    ``summary.csv``, ``ranking.csv`` and ``best_overrides.txt`` are written; the sweep
-   then exits 1 with one line (:class:`digitpairs.sweep.SweepSummary`).
+   then exits 1 with one line (:class:`digitpairs.sweeps.callback.SweepSummary`).
 3. Jobs run without the progress bar (``trainer.enable_progress_bar=false`` unless the
    command line sets it), so their logs under ``.submitit/`` hold no bar refreshes.
 4. Ctrl-C while waiting writes the summary of the jobs finished so far and says how to
@@ -35,6 +35,7 @@ from typing import Any, Sequence
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+
 from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf, SlurmQueueConf
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import SlurmLauncher as _SubmititSlurmLauncher
 
@@ -56,8 +57,8 @@ class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
     """``SlurmLauncher`` that refuses short time limits and records killed jobs (see module doc)."""
 
     def setup(self, **kwargs: Any) -> None:
-        from digitpairs.errors import ConfigError
-        from digitpairs.slurm import check_time_limit
+        from digitpairs.sweeps.slurm import check_time_limit
+        from digitpairs.utils.errors import ConfigError
 
         try:
             check_time_limit(self.params.get("timeout_min"), self.params.get("signal_delay_s"))
@@ -112,7 +113,7 @@ class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
         try:
             return job.results()[0]
         except Exception as error:  # noqa: BLE001 - UncompletedJobError, FailedJobError, a failed sacct...
-            from digitpairs.slurm import job_outcome, record_lost_job
+            from digitpairs.sweeps.slurm import job_outcome, record_lost_job
 
             status, reason = job_outcome(job, error)
             job_dir, extra = self._job_dir(overrides, idx)
@@ -143,12 +144,12 @@ class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
 
     def _interrupted(self, sweep_dir: Path, jobs: list[Any], done: int) -> None:
         """Ctrl-C while waiting: write the summary of what finished, say how to stop the rest, exit 130."""
-        from digitpairs.sweep import write_summary
+        from digitpairs.sweeps.summary import write_summary
 
         rows = write_summary(sweep_dir)
         finished = sum(r["status"] == "ok" for r in rows)
         array_id = jobs[0].job_id.split("_")[0]
         print(f"interrupted: {finished} of {len(jobs)} jobs finished, the others still run on SLURM "
               f"(stop them: scancel {array_id}); summary so far: {sweep_dir / 'summary.csv'} "
-              f"(rebuild it later: python -m digitpairs.sweep {sweep_dir})", file=sys.stderr)
+              f"(rebuild it later: python -m digitpairs.sweeps.summary {sweep_dir})", file=sys.stderr)
         sys.exit(130)

@@ -21,7 +21,7 @@ class SampledCheckSweeper(BasicSweeper):
     """
 
     def validate_batch_is_legal(self, batch) -> None:
-        from digitpairs.config import config_groups  # omegaconf only: cheap at Hydra's plugin scan
+        from digitpairs.utils.config import config_groups  # omegaconf only: cheap at Hydra's plugin scan
 
         groups = config_groups()
         seen: set[str] = set()

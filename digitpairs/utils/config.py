@@ -10,9 +10,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from digitpairs.errors import ConfigError
+from digitpairs.utils.errors import ConfigError
+from digitpairs.utils.io import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = PROJECT_ROOT / "conf"
 
 
@@ -31,7 +31,7 @@ def register_resolvers() -> None:
     ``${zpad:value,width}`` (:func:`zero_pad`).
 
     Data and output paths are resolved against the project root, not against the
-    working directory (DESIGN §6). Safe to call more than once.
+    working directory (Hydra 1.3 keeps it; see ``docs/design.md``). Safe to call more than once.
     """
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))

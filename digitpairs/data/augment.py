@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from digitpairs.errors import require_number
+from digitpairs.utils.errors import require_number
 
 AUGMENTS = ("none", "affine")
 

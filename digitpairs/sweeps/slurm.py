@@ -7,7 +7,7 @@
   lost node) or that crashed outside the task into a status and a one-line reason.
 - :func:`record_lost_job`: write that as the job's ``metrics.json`` (and its
   ``.hydra/overrides.yaml`` if the job died before Hydra wrote it), so that
-  :mod:`digitpairs.sweep` lists it as a row like any other.
+  :mod:`digitpairs.sweeps.summary` lists it as a row like any other.
 
 This module imports neither torch nor Lightning, nor submitit (it reads duck-typed job
 objects), so Hydra's plugin scan stays fast.
@@ -19,8 +19,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from digitpairs.errors import ConfigError
-from digitpairs.task import write_json  # task.py imports torch only inside its functions
+from digitpairs.utils.errors import ConfigError
+from digitpairs.utils.io import write_json
 
 MIN_WORK_S = 60  # seconds a job needs before the warning signal: start, imports, data, a few epochs
 

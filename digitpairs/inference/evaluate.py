@@ -4,7 +4,7 @@
 folder (every ``<job>/checkpoints/last.ckpt`` in it). For each checkpoint it rebuilds
 the model, draws ``data.n_pairs`` test pairs from ``data.source`` / ``data.root`` with
 ``seed`` (``null``: the checkpoint's own seed) exactly as a run draws its test pairs
-(DESIGN §1: the train pairs are drawn first from the same generator, then the test
+(docs/design.md §1: the train pairs are drawn first from the same generator, then the test
 pairs), normalises them with the mean and std **stored in the checkpoint**, and runs
 ``trainer.predict`` at the checkpoint's precision. So with the run's own source and seed
 it reproduces the run's test accuracy exactly.
@@ -24,8 +24,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from digitpairs import checkpoint as ckpt_io
-from digitpairs.errors import ConfigError, require_number
+from digitpairs.training import checkpoint as ckpt_io
+from digitpairs.utils.errors import ConfigError, one_line_errors, require_number
+from digitpairs.utils.io import project_path, write_json
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +93,11 @@ def predict(model, x: torch.Tensor, precision: str, batch_size: int = 1000) -> t
 def decision_rules(model, logits: torch.Tensor, digit_logits: torch.Tensor | None) -> dict[str, torch.Tensor]:
     """Every way the model can answer "first <= second", as ``int64 (n,)`` 0/1 tensors.
 
-    A model with digit heads (``has_aux``): the three rules of :mod:`digitpairs.rules`
+    A model with digit heads (``has_aux``): the three rules of :mod:`digitpairs.models.rules`
     (``comparator``, ``argmax``, ``prob``); any other model: ``comparator``, its own
     2-way output.
     """
-    from digitpairs.rules import RULES, decide
+    from digitpairs.models.rules import RULES, decide
 
     if not model.has_aux or digit_logits is None:
         return {"comparator": logits.argmax(dim=1)}
@@ -206,8 +207,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         ConfigError: bad input (a missing or foreign checkpoint, an empty folder, a bad
             source, seed or pair count), before any evaluation.
     """
-    from digitpairs.runtime import configure_cpu
-    from digitpairs.task import _quiet_lightning_console, write_json
+    from digitpairs.training.runtime import configure_cpu, quiet_lightning_console
 
     if cfg.get("ckpt_path") in (None, ""):
         raise ConfigError("ckpt_path", None, "a checkpoint file, a run folder or a sweep folder (ckpt_path=<path>)")
@@ -218,10 +218,9 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     files, is_sweep = find_checkpoints(cfg.ckpt_path)
     for f in files:  # every checkpoint checked before any work
         ckpt_io.normalisation(ckpt_io.load(f), value=str(f))
-    _quiet_lightning_console()
+    quiet_lightning_console()
     configure_cpu(cfg.threads, cfg.cpu.flush_denormal, cfg.cpu.tune_malloc)
-    root = Path(cfg.data.root)
-    root = root if root.is_absolute() else Path(cfg.paths.root) / root
+    root = project_path(cfg.data.root)
     records = []
     for f in files:
         record = evaluate_one(f, cfg.data, str(root), cfg.seed)
@@ -238,11 +237,6 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
 
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     """:func:`evaluate` with bad input reported as one line on stderr, exit 2."""
-    import sys
-
-    try:
+    with one_line_errors():
         return evaluate(cfg)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
 

@@ -1,7 +1,7 @@
 """Print the launcher overrides that run a sweep fastest on this machine.
 
-    python -m digitpairs.plan        # e.g. "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
-    python -m digitpairs.plan hydra/launcher=digitpairs_slurm hydra.launcher.cpus_per_task=2   # "threads=2"
+    python -m digitpairs.sweeps.plan        # e.g. "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
+    python -m digitpairs.sweeps.plan hydra/launcher=digitpairs_slurm hydra.launcher.cpus_per_task=2   # "threads=2"
 
 Used by ``make study`` and ``make grid``, which pass it their ``ARGS``; override there
 with ``make study PLAN="..."``. A launcher chosen in the arguments (``hydra/launcher=...``)

@@ -1,8 +1,13 @@
-"""The project's error types: one line for the user, never a deep traceback."""
+"""The project's error types and their one-line exit: never a deep traceback.
+
+Imports neither torch nor Lightning.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+from contextlib import contextmanager
+from typing import Any, Iterator, NoReturn
 
 
 class ConfigError(ValueError):
@@ -68,3 +73,22 @@ def require_choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -
 class JobInterrupted(RunFailed):
     """A run stopped from outside before it finished (SLURM's time-limit warning signal);
     its checkpoint was saved. Recorded with status ``killed``."""
+
+
+def exit_with(message: str, code: int = 2) -> NoReturn:
+    """Print ``error: <message>`` as one line on stderr and exit with ``code``.
+
+    The one way the project's entry points stop on bad input (2) or a failed run (1).
+    """
+    print(f"error: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+@contextmanager
+def one_line_errors(code: int = 2) -> Iterator[None]:
+    """Turn a :class:`ConfigError` raised inside the block into :func:`exit_with` (one line,
+    exit ``code``). Any other exception passes unchanged."""
+    try:
+        yield
+    except ConfigError as err:
+        exit_with(str(err), code)

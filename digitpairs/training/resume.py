@@ -7,9 +7,9 @@
   of our ``Dropout`` layers), the run's command-line overrides, ``trainer.max_epochs``,
   the model choice and the precision. On Ctrl-C it prints one line with the epoch
   reached and the exact command that resumes the run.
-- :func:`digitpairs.resume_args.resume_arguments` turns ``python train.py ckpt_path=<ckpt> [keys]`` into the
+- :func:`digitpairs.training.resume_args.resume_arguments` turns ``python train.py ckpt_path=<ckpt> [keys]`` into the
   checkpoint's own overrides plus the user's keys, so the run continues with its own
-  seed, source and recipe (see :mod:`digitpairs.checkpoint` for the checks).
+  seed, source and recipe (see :mod:`digitpairs.training.checkpoint` for the checks).
 - :func:`compare_hparams` gives one warning line per key that differs from the checkpoint.
 
 ``python train.py ckpt_path=<run>/checkpoints/last.ckpt`` then calls
@@ -21,7 +21,6 @@ state, so the resumed run draws the same batches and dropout masks as an unbroke
 from __future__ import annotations
 
 import logging
-import os
 import random
 import shlex
 import sys
@@ -29,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.callbacks import Checkpoint
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 
-from digitpairs import checkpoint as ckpt_io
-from digitpairs.checkpoint import KEY
-from digitpairs.errors import ConfigError
+from digitpairs.training import checkpoint as ckpt_io
+from digitpairs.training.checkpoint import KEY
+from digitpairs.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -101,10 +100,7 @@ class LastCheckpoint(Checkpoint):
     def save(self, trainer: L.Trainer) -> None:
         """``trainer.save_checkpoint`` into a temp file, then renamed over ``last.ckpt``:
         a run killed while saving keeps the previous checkpoint whole."""
-        self.dirpath.mkdir(parents=True, exist_ok=True)
-        tmp = self.dirpath / f".last.{os.getpid()}.tmp"
-        trainer.save_checkpoint(tmp, weights_only=False)
-        os.replace(tmp, self.path)
+        ckpt_io.save(trainer, self.path)
         self.saved_epochs, self._loaded = trainer.fit_loop.epoch_progress.current.processed, None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

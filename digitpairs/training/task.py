@@ -12,24 +12,23 @@ the run folder (``cfg.paths.output_dir``):
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from digitpairs.errors import ConfigError, JobInterrupted, RunFailed, require_number
-from digitpairs.rules import RULES
+from digitpairs.models.rules import RULES
+from digitpairs.utils.errors import ConfigError, JobInterrupted, RunFailed, exit_with, require_number
+from digitpairs.utils.io import write_json
 
 log = logging.getLogger(__name__)
 
-# Always in the HPARAMS tab, for every model (DESIGN §6); swept keys are added to these.
+# Always in the HPARAMS tab, for every model (docs/design.md §6); swept keys are added to these.
 HPARAM_KEYS = (
     "model_name", "seed", "optim.lr1", "optim.lr2", "optim.weight_decay", "optim.switch_fraction",
     "loss.alpha", "loss.gamma", "data.n_pairs", "data.val_fraction", "data.batch_size",
@@ -39,7 +38,7 @@ TRAIN_HISTORY = ("train/loss", "train/loss_main", "train/acc", "lr")  # per epoc
 EVAL_HISTORY = ("val/acc", "curve/test_acc")
 
 
-def _instantiate(node: DictConfig, config_key: str | None = None, **kwargs: Any) -> Any:
+def instantiate_checked(node: DictConfig, config_key: str | None = None, **kwargs: Any) -> Any:
     """``hydra.utils.instantiate`` that lets our ``ConfigError`` through unwrapped.
 
     With ``config_key`` (``"model"``, ``"data"``: where ``node`` sits in the config), a key
@@ -64,7 +63,7 @@ def _instantiate(node: DictConfig, config_key: str | None = None, **kwargs: Any)
         raise
 
 
-def _check(cfg: DictConfig) -> None:
+def check_config(cfg: DictConfig) -> None:
     """Checks of keys that no constructor owns for every model."""
     require_number("loss.alpha", cfg.loss.alpha, 0)  # convnet and ws ignore alpha; a negative one is still wrong
     if cfg.threads is not None:
@@ -75,22 +74,6 @@ def _check(cfg: DictConfig) -> None:
             raise ConfigError(f"cpu.{key}", cfg.cpu[key], "true or false")
     require_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True)
     require_number("checkpoint_every", cfg.checkpoint_every, 1, integer=True)
-
-
-def _quiet_lightning_console(quiet: bool = False) -> None:
-    """Under Hydra's logging, keep Lightning's messages to one copy and drop its ads.
-
-    ``quiet`` (the jobs of a sweep) also drops its INFO lines ("GPU available: False",
-    "TPU available", "`Trainer.fit` stopped"), which would repeat for every job.
-    """
-    root, lightning_log = logging.getLogger(), logging.getLogger("lightning")
-    if root.handlers:
-        lightning_log.handlers.clear()  # the root (Hydra) handlers print and file them
-    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
-    rank_zero.addFilter(lambda r: "Tip:" not in str(r.msg))
-    rank_zero.setLevel(logging.WARNING if quiet else logging.NOTSET)
-    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.14, harmless
-    warnings.filterwarnings("ignore", message=r".*`srun` command is available.*")  # a hint, on any machine with SLURM
 
 
 def progress_bar_shown(requested: bool, stream=None) -> bool:
@@ -111,8 +94,8 @@ def hparams(cfg: DictConfig, overrides: list[str], source: str) -> dict[str, Any
     bool, int, float or str (``None`` where a key has no value). A config-group choice
     (``experiment=study``) is its option's name; ``model=...`` is ``model_name``.
     """
-    from digitpairs.config import config_groups
-    from digitpairs.tboard import override_keys
+    from digitpairs.training.tboard import override_keys
+    from digitpairs.utils.config import config_groups
 
     groups = config_groups()
     choices = {}
@@ -134,24 +117,6 @@ def hparams(cfg: DictConfig, overrides: list[str], source: str) -> dict[str, Any
     return out
 
 
-def write_json(path: Path, payload: dict[str, Any]) -> None:
-    """Write ``payload`` as JSON, atomically; float ``nan`` becomes ``null``, other
-    non-JSON values (tensors, paths) their ``str``."""
-
-    def clean(value: Any) -> Any:
-        if isinstance(value, float) and math.isnan(value):
-            return None
-        if isinstance(value, dict):
-            return {str(k): clean(v) for k, v in value.items()}
-        if isinstance(value, (list, tuple)):
-            return [clean(v) for v in value]
-        return value
-
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(clean(payload), indent=2, default=str))
-    tmp.replace(path)
-
-
 def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     """Check ``cfg`` and build ``(datamodule, model, trainer, history)`` as a run uses them.
 
@@ -166,36 +131,33 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     """
     import lightning as L
 
-    from digitpairs.callbacks import EpochHistory, EpochLog
-    from digitpairs.resume import LastCheckpoint
-    from digitpairs.runtime import configure_cpu
+    from digitpairs.training.callbacks import EpochHistory, EpochLog
+    from digitpairs.training.resume import LastCheckpoint
+    from digitpairs.training.runtime import configure_cpu, quiet_lightning_console
 
-    _check(cfg)
-    _quiet_lightning_console(quiet)
+    check_config(cfg)
+    quiet_lightning_console(quiet)
     configure_cpu(cfg.threads, cfg.cpu.flush_denormal, cfg.cpu.tune_malloc)
-    root = Path(cfg.data.root)
-    root = root if root.is_absolute() else Path(cfg.paths.root) / root
     L.seed_everything(cfg.seed, workers=True, verbose=False)
-    datamodule = _instantiate(cfg.data, "data", root=str(root))
-    model = _instantiate(cfg.model, "model")
+    datamodule = instantiate_checked(cfg.data, "data")  # a relative data.root is relative to the project
+    model = instantiate_checked(cfg.model, "model")
     datamodule.setup()
-    log.info("data source: %s (data.source=%s)", datamodule.resolved_source, cfg.data.source)
     history = EpochHistory(TRAIN_HISTORY, EVAL_HISTORY)
-    run_info = {  # stored in every checkpoint, for resuming (digitpairs.resume)
+    run_info = {  # stored in every checkpoint, for resuming (digitpairs.training.resume)
         "overrides": [o for o in (cfg.get("overrides") or []) if not o.lstrip("+~").startswith("ckpt_path=")],
         "max_epochs": cfg.trainer.max_epochs, "model_name": cfg.get("model_name"),
         "precision": str(cfg.trainer.get("precision", "32-true")),
     }
     last = LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", cfg.checkpoint_every, run_info)
-    callbacks = [history, last] + [_instantiate(c) for c in (cfg.get("callbacks") or {}).values()]
+    callbacks = [history, last] + [instantiate_checked(c) for c in (cfg.get("callbacks") or {}).values()]
     requested = cfg.trainer.get("enable_progress_bar", True)
     bar = progress_bar_shown(requested)
     if requested and not bar:
         callbacks.append(EpochLog(history, every=math.ceil(cfg.trainer.max_epochs / 10)))
-    logger_list = [_instantiate(c) for c in (cfg.get("logger") or {}).values()] if loggers else []
+    logger_list = [instantiate_checked(c) for c in (cfg.get("logger") or {}).values()] if loggers else []
     # LastCheckpoint is a Lightning Checkpoint (it runs after the module's epoch-end hook),
     # which Lightning accepts only with checkpointing enabled; it then adds no ModelCheckpoint.
-    trainer = _instantiate(cfg.trainer, callbacks=callbacks, logger=logger_list or False, enable_checkpointing=True,
+    trainer = instantiate_checked(cfg.trainer, callbacks=callbacks, logger=logger_list or False, enable_checkpointing=True,
                            enable_progress_bar=bar)
     return datamodule, model, trainer, history
 
@@ -204,12 +166,12 @@ def _log_session(trainer, hp: dict[str, Any], overrides: list[str], out_dir: Pat
     """The run's row of the HPARAMS tab, written before training (a failed run shows too).
 
     In a multirun the row is named ``<job>/<model>/seed=NN`` and the sweep's experiment
-    summary is written at its end (:mod:`digitpairs.sweep`); a single run also declares its
+    summary is written at its end (:mod:`digitpairs.sweeps.summary`); a single run also declares its
     own experiment: its overrides first, then the final metrics it will log.
     """
     from lightning.pytorch.loggers import TensorBoardLogger
 
-    from digitpairs.tboard import FINAL_METRICS, log_session, override_keys
+    from digitpairs.training.tboard import FINAL_METRICS, log_session, override_keys
 
     metrics = [m for m in FINAL_METRICS if has_val or m != "final/val_acc"]
     for lg in trainer.loggers:
@@ -231,7 +193,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     import lightning  # noqa: F401  - imported before the clock starts: paid once per process
     import torch
 
-    from digitpairs.resume import LastCheckpoint
+    from digitpairs.training.resume import LastCheckpoint
 
     start = time.perf_counter()  # the job's wall time, without the once-per-process imports
     datamodule, model, trainer, history = build(cfg, quiet=multirun)
@@ -241,7 +203,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     _log_session(trainer, hp, overrides, out_dir, multirun, datamodule.n_val > 0)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
-        from digitpairs.resume import check_resume
+        from digitpairs.training.resume import check_resume
 
         check_resume(cfg, model, datamodule)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -256,6 +218,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         "model": cfg.get("model_name"),
         "seed": cfg.seed,
         "source": datamodule.resolved_source,
+        "data": datamodule.source_label,  # e.g. "MNIST 60,000/10,000 (idx)": the pools' sizes
         "train_acc": final.get("final/train_acc", nan),
         "val_acc": final.get("final/val_acc", nan),
         "test_acc": final.get("final/test_acc", nan),
@@ -286,8 +249,8 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     write_json(out_dir / "metrics.json", metrics)
     val = "" if math.isnan(metrics["val_acc"]) else f", val {100 * metrics['val_acc']:.2f}%"
     log.info(
-        "%s seed=%s source=%s: test accuracy %.2f%% (%d errors in %d)%s, train %.2f%%, %.1f s",
-        metrics["model"], cfg.seed, metrics["source"], 100 * metrics["test_acc"], metrics["test_errors"],
+        "%s seed=%s on %s: test accuracy %.2f%% (%d errors in %d)%s, train %.2f%%, %.1f s",
+        metrics["model"], cfg.seed, metrics["data"], 100 * metrics["test_acc"], metrics["test_errors"],
         metrics["n_test"], val, 100 * metrics["train_acc"], metrics["wall_time_s"],
     )
     return metrics
@@ -302,8 +265,6 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     (2 for bad input, 1 for a failed run) with that line on stderr; in a multirun it
     returns, so the sweep goes on and its summary records the job as failed.
     """
-    import sys
-
     start = time.perf_counter()
     try:
         return train(cfg, multirun)
@@ -323,7 +284,6 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", record)
     if not multirun:
-        print(f"error: {message}", file=sys.stderr)
-        sys.exit(code)
+        exit_with(message, code)
     log.error("job failed: %s", message)
     return record

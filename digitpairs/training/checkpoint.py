@@ -4,21 +4,28 @@ Shared by ``train.py ckpt_path=...`` (resume), ``evaluate.py`` and ``predict.py`
 checkpoint is what ``trainer.save_checkpoint`` writes in a run (``checkpoints/last.ckpt``):
 the model's ``state_dict`` and ``hyper_parameters``, the data module's
 ``hyper_parameters`` (seed, source, sizes) and state (the training pixels' mean and std),
-and, from :class:`digitpairs.resume.LastCheckpoint`, a ``"digitpairs"`` entry with the
+and, from :class:`digitpairs.training.resume.LastCheckpoint`, a ``"digitpairs"`` entry with the
 model class, the run's overrides, ``max_epochs``, precision and random state.
 """
 
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Any
 
-from digitpairs.errors import ConfigError
+from digitpairs.utils.errors import ConfigError
+from digitpairs.utils.io import atomic_write
 
 KEY = "digitpairs"  # our own entry in a checkpoint dict
 DATA_STATE_KEY = "PairDataModule"  # where Lightning stores PairDataModule.state_dict()
 EXPECTED = "a checkpoint (.ckpt) written by a digitpairs run (checkpoints/last.ckpt of a run folder)"
+
+
+def save(trainer, path: str | Path) -> Path:
+    """Write ``trainer``'s full checkpoint (weights, optimiser, loops, callbacks' state) to
+    ``path`` atomically (:func:`~digitpairs.utils.io.atomic_write`): a run killed while
+    saving keeps the previous file whole. Returns ``path``."""
+    return atomic_write(path, lambda tmp: trainer.save_checkpoint(tmp, weights_only=False))
 
 
 def load(path: str | Path, key: str = "ckpt_path", check_class: bool = True) -> dict[str, Any]:
@@ -52,32 +59,34 @@ def load(path: str | Path, key: str = "ckpt_path", check_class: bool = True) -> 
     return ckpt
 
 
+def _class_name(ckpt: dict[str, Any]) -> str | None:
+    """The model class name a checkpoint records (``LastCheckpoint``), else the one its
+    hyperparameters imply (checkpoints saved without it), else None."""
+    recorded = (ckpt.get(KEY) or {}).get("class")
+    if recorded is not None:
+        return str(recorded).rpartition(".")[2]
+    hp = ckpt.get("hyper_parameters") or {}
+    if not {"lr1", "lr2"} <= set(hp):
+        return None
+    return "WSAuxModule" if "alpha" in hp else "WSModule" if "weight_sharing" in hp else "ConvNetModule"
+
+
 def model_class(ckpt: dict[str, Any], key: str = "ckpt_path", value: str = "?") -> type:
-    """The ``LightningModule`` class of a checkpoint: the class ``LastCheckpoint``
-    recorded, else inferred from the hyperparameters (checkpoints of older runs).
+    """The ``LightningModule`` class of a checkpoint, looked up by name among the project's
+    own models (:data:`digitpairs.models.MODEL_CLASSES`). Nothing that a checkpoint names
+    is imported.
 
     Raises:
-        ConfigError: a class outside ``digitpairs``, or one that cannot be imported.
+        ConfigError: a class that is not one of the project's models.
     """
-    from digitpairs.modules import PairModule
+    from digitpairs.models import MODEL_CLASSES
 
-    name = (ckpt.get(KEY) or {}).get("class")
-    if name is None:
-        hp = ckpt.get("hyper_parameters", {})
-        if not {"lr1", "lr2"} <= set(hp):
-            raise ConfigError(key, value, f"{EXPECTED}; its hyperparameters are not a digitpairs model's")
-        base = "digitpairs.modules."
-        name = base + ("WSAuxModule" if "alpha" in hp else "WSModule" if "weight_sharing" in hp else "ConvNetModule")
-    module_name, _, cls_name = name.rpartition(".")
-    cls = None
-    if module_name.startswith("digitpairs."):
-        try:
-            cls = getattr(importlib.import_module(module_name), cls_name, None)
-        except ImportError:
-            cls = None
-    if not (isinstance(cls, type) and issubclass(cls, PairModule)):
-        raise ConfigError(key, value, f"{EXPECTED}; it holds a model of class {name}")
-    return cls
+    name = _class_name(ckpt)
+    if name not in MODEL_CLASSES:
+        recorded = (ckpt.get(KEY) or {}).get("class", name)
+        raise ConfigError(key, value, f"{EXPECTED}; it holds a model of class {recorded}, not one of "
+                          f"{', '.join(MODEL_CLASSES)}")
+    return MODEL_CLASSES[name]
 
 
 def model_name(ckpt: dict[str, Any]) -> str:
@@ -85,12 +94,10 @@ def model_name(ckpt: dict[str, Any]) -> str:
     name = (ckpt.get(KEY) or {}).get("model_name")
     if name:
         return str(name)
-    hp = ckpt.get("hyper_parameters", {})
-    cls = "WSAuxModule" if "alpha" in hp else "WSModule" if "weight_sharing" in hp else "ConvNetModule"
-    if (ckpt.get(KEY) or {}).get("class"):
-        cls = ckpt[KEY]["class"].rpartition(".")[2]
-    sharing = ckpt["hyper_parameters"].get("weight_sharing", True)
-    return {"ConvNetModule": "convnet", "WSModule": "ws"}.get(cls, "ws_aux" if sharing else "aux")
+    cls = _class_name(ckpt)
+    sharing = (ckpt.get("hyper_parameters") or {}).get("weight_sharing", True)
+    names = {"ConvNetModule": "convnet", "WSModule": "ws", "DigitClassifierModule": "digit_classifier"}
+    return names.get(cls, "ws_aux" if sharing else "aux")
 
 
 def build_model(ckpt: dict[str, Any]):

@@ -1,15 +1,16 @@
 """The networks of the study (Table 1), as plain ``nn.Module``s.
 
 Every network returns **logits**; the losses apply ``log_softmax`` themselves (see
-DESIGN §2 for the two errors of the printed table that this corrects).
+``docs/design.md`` §2 for the two errors of the printed table that this corrects).
 
 Parameter counts (checked by the tests)::
 
     ConvNet(2, 2)                          91,406   model=convnet
     TwoBranchNet(weight_sharing=True)     103,128   model=ws, model=ws_aux
     TwoBranchNet(weight_sharing=False)    195,054   model=aux
-    TwoBranchNet(trunk="wide")            151,660   model.trunk=wide
-    TwoBranchNet(trunk="compact")         105,516   model=digit_classifier
+    TwoBranchNet(trunk="wide")            151,660   model=ws_aux model.trunk=wide
+    TwoBranchNet(trunk="compact")         105,516   model=ws_aux model.trunk=compact
+    CompactConvNet(1, 10)                  94,314   model=digit_classifier (per member)
 
 Shapes: a batch of pairs is ``float32 (B, 2, 14, 14)``.
 """
@@ -123,8 +124,8 @@ class WideConvNet(nn.Sequential):
         conv 128 -> global average pool            128
         Dropout(p) -> Linear(128, k)
 
-    The convolutions have no bias (BatchNorm follows). This is the trunk of issue #7's
-    lead (VGG-style blocks, Simonyan & Zisserman 2015, with BatchNorm, Ioffe & Szegedy 2015).
+    The convolutions have no bias (BatchNorm follows). It was the first trunk tried
+    beyond the study (VGG-style blocks, Simonyan & Zisserman 2015, with BatchNorm, Ioffe & Szegedy 2015).
 
     Args:
         c_in: input channels; k: output logits; p_drop: dropout before the last layer.

@@ -1,18 +1,8 @@
-"""LightningModules: one small base with what all models share, one subclass per model.
+"""``PairModule``: the LightningModule base that every pair model shares.
 
-=========== ====================== ===================================================
-model=      class                  training loss
-=========== ====================== ===================================================
-convnet     ConvNetModule          gamma * CE(main)
-ws          WSModule               gamma * CE(main)            (digit heads unsupervised)
-ws_aux      WSAuxModule            gamma * CE(main) + alpha * (CE(digit1) + CE(digit2))
-aux         WSAuxModule(weight_sharing=False)   the same loss, one trunk per digit
-digit_       DigitClassifierModule  alpha * (CE(digit1) + CE(digit2)): the digit losses
-classifier                          alone; no comparator, pairs decided by the probability rule
-=========== ====================== ===================================================
-
-All constructors take plain numbers, strings and booleans, so a checkpoint restores with
-``WSAuxModule.load_from_checkpoint(path)`` and no extra arguments.
+It holds metrics, evaluation, the optimiser and lr schedule, logging, ensembles and
+test-time views; one thin subclass per model (:mod:`digitpairs.models.modules`) builds
+its network and its loss.
 
 Ensembles (``model.members=K``, not in the study): ``K`` networks of the model, each with
 its own initial weights and dropout, trained side by side on the same batches, each on its
@@ -26,10 +16,9 @@ probabilities over the pair as given and ``V`` random affine views of it
 strengths). The ``V`` maps are drawn from ``TTA_SEED`` afresh for every batch, one map per
 view for all digits, so a digit's answer depends on that digit alone (not on its batch,
 its place in it or its slot in the pair), evaluation is deterministic, and the training
-random stream is untouched. The per-epoch curves
-(validation) use the pair as given.
+random stream is untouched. The per-epoch curves (validation) use the pair as given.
 
-Optimiser (the study's recipe, DESIGN §3): SGD, ``lr1`` for the first
+Optimiser (the study's recipe, ``docs/design.md`` §3): SGD, ``lr1`` for the first
 ``floor(switch_fraction * max_epochs)`` epochs, then ``lr2``; stepped per epoch
 (``schedule=step``). ``schedule=onecycle`` (``optim=sgd_onecycle``): SGD with a one-cycle
 schedule peaking at ``lr1`` (``torch.optim.lr_scheduler.OneCycleLR``, Smith & Topin
@@ -48,10 +37,10 @@ from torch import nn
 from torchmetrics import SumMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from digitpairs.augment import RandomDigitAffine
-from digitpairs.errors import ConfigError, RunFailed, require_choice, require_number
-from digitpairs.nets import TRUNKS, ConvNet, TwoBranchNet, make_trunk, mean_probability
-from digitpairs.rules import RULES, decide, rule_logits
+from digitpairs.data.augment import RandomDigitAffine
+from digitpairs.models.nets import mean_probability
+from digitpairs.models.rules import RULES, decide
+from digitpairs.utils.errors import ConfigError, RunFailed, require_choice, require_number
 
 # Evaluation loaders (stage, loader name) -> prefix of their logged metrics. The "curve"
 # loader is the test set evaluated after each epoch for the Fig. 2 curves only.
@@ -70,7 +59,7 @@ TTA_SEED = 0  # the test-time views (the same V maps for every digit) are drawn 
 
 
 def _accuracy(num_classes: int) -> MulticlassAccuracy:
-    # micro: the share of correct predictions (DESIGN §6). Inputs are argmax labels made
+    # micro: the share of correct predictions (docs/design.md §6). Inputs are argmax labels made
     # here, so the per-update input validation (a costly torch.unique) is skipped.
     return MulticlassAccuracy(num_classes=num_classes, average="micro", validate_args=False)
 
@@ -100,7 +89,7 @@ class PairModule(L.LightningModule):
         momentum: SGD momentum (0 in the study).
         gamma: weight of the main (comparison) loss (1 in the study).
         literal_softmax: feed softmax outputs to cross-entropy, as Table 1 literally
-            reads (a double softmax; off by default, see DESIGN §2).
+            reads (a double softmax; off by default, see docs/design.md §2).
         channels_last: run convolutions in channels-last memory format (same results,
             1.3-1.8x faster on CPU).
         schedule: ``step`` (the study: lr1, then lr2) or ``onecycle`` (peak lr1, per batch).
@@ -110,7 +99,7 @@ class PairModule(L.LightningModule):
         members: networks in the ensemble, an integer >= 1 (1: no ensemble, the study).
         tta: random views per digit averaged in evaluation, an integer >= 0 (0: none, the study).
         tta_shift, tta_rotate, tta_scale: the views' strengths (pixels, degrees, relative
-            size; see :class:`~digitpairs.augment.RandomDigitAffine`).
+            size; see :class:`~digitpairs.data.augment.RandomDigitAffine`).
 
     Raises:
         ConfigError: a learning rate <= 0, ``gamma``/``weight_decay``/``momentum`` < 0,
@@ -157,7 +146,7 @@ class PairModule(L.LightningModule):
         require_number("loss.gamma", gamma, 0)
         self.save_hyperparameters(logger=False)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        # One metric object per stage and loader (DESIGN §6).
+        # One metric object per stage and loader (docs/design.md §6).
         self.eval_acc = nn.ModuleDict({key: _accuracy(2) for key in EVAL_KEYS})
         self.eval_errors = nn.ModuleDict({key: SumMetric() for key in EVAL_KEYS})
         if self.has_aux:
@@ -290,7 +279,7 @@ class PairModule(L.LightningModule):
 
     def predict_target(self, logits: torch.Tensor, digit_logits: torch.Tensor | None) -> torch.Tensor:
         """The model's predicted targets ``int64 (B,)``: under its ``decision`` rule for a
-        model with digit heads (:func:`~digitpairs.rules.decide`), else the argmax of the
+        model with digit heads (:func:`~digitpairs.models.rules.decide`), else the argmax of the
         comparison logits."""
         if self.has_aux:
             return decide(self.hparams.decision, logits, digit_logits)
@@ -322,133 +311,3 @@ class PairModule(L.LightningModule):
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[switch], gamma=hp.lr2 / hp.lr1)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
-
-
-class ConvNetModule(PairModule):
-    """Model ``convnet``: one Table 1 ConvNet on the pair as 2 channels, 2 logits.
-
-    91,406 parameters. Loss ``gamma * CE(main)``. Arguments: see :class:`PairModule`.
-    """
-
-    def __init__(self, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.build_net(lambda: ConvNet(c_in=2, k=2))
-
-    def forward_net(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, None]:
-        """``(B, 2, 14, 14)`` -> ``(logits (B, 2), None)``."""
-        return net(x.contiguous(memory_format=self.memory_format)), None
-
-
-class WSModule(PairModule):
-    """Model ``ws``: weight sharing. One ConvNet maps each digit to 10 logits; the
-    comparator MLP compares their softmax outputs (Table 1).
-
-    103,128 parameters with weight sharing, 195,054 without. Loss ``gamma * CE(main)``;
-    the digit logits are returned but not trained on.
-
-    Args:
-        weight_sharing: one trunk for both digits (True) or one per digit.
-        trunk: the digit trunk: ``table1`` (the study) or ``wide`` (:class:`~digitpairs.nets.WideConvNet`).
-        **kwargs: see :class:`PairModule`.
-
-    Raises:
-        ConfigError: an unknown ``trunk`` (and see :class:`PairModule`).
-    """
-
-    def __init__(self, weight_sharing: bool = True, trunk: str = "table1", **kwargs) -> None:
-        require_choice("model.trunk", trunk, TRUNKS)
-        super().__init__(**kwargs)
-        self.save_hyperparameters(logger=False)
-        self.build_net(lambda: TwoBranchNet(weight_sharing=weight_sharing, trunk=trunk))
-
-    def forward_net(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``."""
-        return net(x)
-
-
-class WSAuxModule(WSModule):
-    """Models ``ws_aux`` (weight sharing on) and ``aux`` (off): :class:`WSModule` plus an
-    auxiliary digit-classification loss on each branch.
-
-    Loss ``gamma * CE(main) + alpha * (CE(digit1) + CE(digit2))`` (the study: alpha 0.75,
-    gamma 1); each term is logged as ``train/loss_main``, ``train/loss_digit1``,
-    ``train/loss_digit2`` (already weighted).
-
-    Evaluation logs the accuracy of all three decision rules (``*acc_comparator``,
-    ``*acc_argmax``, ``*acc_prob``, see :mod:`digitpairs.rules`); ``decision`` chooses
-    which one is the model's ``*acc`` and ``*errors``. Logged losses are the comparator's.
-
-    Args:
-        alpha: weight of each auxiliary loss, >= 0.
-        decision: ``comparator`` (the study), ``argmax`` or ``prob``.
-        weight_sharing, trunk, **kwargs: see :class:`WSModule` and :class:`PairModule`.
-
-    Raises:
-        ConfigError: ``alpha`` < 0, an unknown ``decision`` (and see :class:`PairModule`).
-    """
-
-    has_aux = True
-    loss_terms = ("main", "digit1", "digit2")
-
-    def __init__(self, alpha: float = 0.75, weight_sharing: bool = True, decision: str = "comparator", **kwargs) -> None:
-        require_number("loss.alpha", alpha, 0)
-        require_choice("model.decision", decision, RULES)
-        super().__init__(weight_sharing=weight_sharing, **kwargs)
-        self.save_hyperparameters(logger=False)
-
-    def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
-        return {**super().losses(logits, digit_logits, target, classes), **self._digit_losses(digit_logits, classes)}
-
-
-class DigitClassifierModule(PairModule):
-    """Model ``digit_classifier`` (not in the study): one trunk trained as a digit classifier
-    on both digits of every pair, the pairs decided from its two posteriors.
-
-    The trunk (:func:`~digitpairs.nets.make_trunk`; ``compact`` by default) sees the ``2B``
-    digits of a batch in one call. There is no learned comparator: the model's 2 comparison
-    logits are the probability rule's, ``[log P(d1 > d2), log P(d1 <= d2)]``
-    (:func:`~digitpairs.rules.rule_logits`), computed in evaluation from the mean posteriors
-    of the ensemble's members and test-time views. So the ``comparator`` and ``prob`` rules
-    agree; ``argmax`` compares the predicted digits.
-
-    Loss ``alpha * (CE(digit1) + CE(digit2))`` (the auxiliary losses of ``ws_aux`` alone),
-    logged as ``train/loss_digit1`` and ``train/loss_digit2``; ``gamma`` is not used.
-
-    Args:
-        alpha: weight of each digit loss, > 0.
-        trunk: ``table1``, ``wide`` or ``compact`` (:mod:`digitpairs.nets`).
-        decision: ``prob`` (the default; ``comparator`` is the same) or ``argmax``.
-        **kwargs: see :class:`PairModule`.
-
-    ``forward(x)``: ``float32 (B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``.
-    Parameters: 94,314 per member with ``trunk=compact``.
-
-    Raises:
-        ConfigError: ``alpha`` <= 0, an unknown ``trunk`` or ``decision`` (and see :class:`PairModule`).
-    """
-
-    has_aux = True
-    loss_terms = ("digit1", "digit2")
-
-    def __init__(self, alpha: float = 0.75, trunk: str = "compact", decision: str = "prob", **kwargs) -> None:
-        require_number("loss.alpha", alpha, 0, strict=True)
-        require_choice("model.trunk", trunk, TRUNKS)
-        require_choice("model.decision", decision, RULES)
-        super().__init__(**kwargs)
-        self.save_hyperparameters(logger=False)
-        self.build_net(lambda: make_trunk(trunk, 1, 10))
-
-    def forward_net(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``: both digits in one call."""
-        b = x.shape[0]
-        digits = net(x.reshape(2 * b, 1, *x.shape[2:]).contiguous(memory_format=self.memory_format)).view(b, 2, -1)
-        return rule_logits(digits), digits
-
-    def forward(self, x: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, digits = super().forward(x, tta)
-        if not self.training:  # the rule on the mean posteriors of the members and views
-            logits = rule_logits(digits)
-        return logits, digits
-
-    def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
-        return self._digit_losses(digit_logits, classes)

@@ -9,8 +9,9 @@ Files written into the sweep folder:
   **validation** accuracy, averaged over seeds. The test set never takes part.
 - ``best_overrides.txt``: per model, the best configuration as a ready override line.
 
-Also ``python -m digitpairs.sweep <sweep folder>`` (re)writes them. This module imports
-neither torch nor Lightning.
+The Hydra callback :class:`~digitpairs.sweeps.callback.SweepSummary` writes them at the
+end of every multirun; ``python -m digitpairs.sweeps.summary <sweep folder>`` (re)writes
+them by hand. This module imports neither torch nor Lightning.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from hydra.experimental.callback import Callback
-
 log = logging.getLogger(__name__)
 
 COLUMNS = [
@@ -34,7 +33,7 @@ COLUMNS = [
     "test_errors", "n_test", "digit_acc", "val_digit_acc", "test_acc_comparator", "test_acc_argmax", "test_acc_prob",
     "wall_time_s", "overrides", "error",
 ]
-RULES = ("comparator", "argmax", "prob")  # decision rules of models with digit heads (digitpairs.rules)
+RULES = ("comparator", "argmax", "prob")  # decision rules of models with digit heads (digitpairs.models.rules)
 
 
 def _job_dirs(sweep_dir: Path) -> list[Path]:
@@ -155,40 +154,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-class SweepSummary(Callback):
-    """Hydra callback: at the end of a multirun, write the summary (and the report).
-
-    Args:
-        report: also build ``report.md`` and the figures (:mod:`digitpairs.report`).
-        fail_on_error: exit with status 1 after writing everything if any job failed.
-    """
-
-    def __init__(self, report: bool = False, fail_on_error: bool = True) -> None:
-        self.report, self.fail_on_error = report, fail_on_error
-
-    def on_multirun_end(self, config, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        rows = write_summary(sweep_dir)
-        if self.report:
-            from digitpairs.report import build_report
-
-            build_report(sweep_dir, rows)
-        from digitpairs.tboard import write_sweep_experiment
-
-        write_sweep_experiment(sweep_dir)  # TensorBoard's HPARAMS columns: the keys that vary, then the metrics
-        failed = [r for r in rows if r["status"] != "ok"]
-        if failed and self.fail_on_error:
-            first = failed[0]
-            print(
-                f"error: {len(failed)} of {len(rows)} jobs failed (job {first['job']}: {first['error']}); "
-                f"see {sweep_dir / 'summary.csv'}",
-                file=sys.stderr,
-            )
-            sys.exit(1)
-
-
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
-        sys.exit("usage: python -m digitpairs.sweep <sweep folder>\n(re)writes summary.csv, ranking.csv, best_overrides.txt")
+        sys.exit("usage: python -m digitpairs.sweeps.summary <sweep folder>\n(re)writes summary.csv, ranking.csv, best_overrides.txt")
     write_summary(Path(sys.argv[1]))

@@ -148,7 +148,7 @@ def log_session(writer, hparams: dict[str, Any], trial_id: str, metrics: Iterabl
     a ``torch.utils.tensorboard.SummaryWriter`` (``TensorBoardLogger.experiment``).
 
     Args:
-        hparams: the run's flat hyperparameters (:func:`digitpairs.task.hparams`).
+        hparams: the run's flat hyperparameters (:func:`digitpairs.training.task.hparams`).
         trial_id: the run's name in the table.
         metrics: the metric tags this run will log (single run only).
         first: the keys to show first (its command-line overrides; single run only).

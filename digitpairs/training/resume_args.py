@@ -6,7 +6,7 @@ checks its command line quickly.
 
 from __future__ import annotations
 
-from digitpairs.errors import ConfigError
+from digitpairs.utils.errors import ConfigError
 
 CKPT_KEYS = ("ckpt_path", "+ckpt_path", "++ckpt_path")
 
@@ -35,7 +35,7 @@ def resume_arguments(argv: list[str]) -> list[str]:
         return [a for a in argv if a not in found]
     if "," in value:
         raise ConfigError("ckpt_path", value, "one checkpoint file (a sweep of checkpoints is not supported)")
-    from digitpairs import checkpoint as ckpt_io
+    from digitpairs.training import checkpoint as ckpt_io
 
     ckpt = ckpt_io.load(value, check_class=False)  # the class is checked when the run starts
     about = ckpt_io.info(ckpt)

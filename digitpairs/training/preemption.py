@@ -6,7 +6,7 @@ submitit asks SLURM to send its warning signal (``USR2``, or ``$SUBMITIT_PREEMPT
 (``trainer.should_stop``), the checkpoint is written atomically to
 ``<dirpath>/last.ckpt`` in the same state as the checkpoint of a finished run (so
 ``python train.py ckpt_path=...`` resumes it), and the run ends with
-:class:`~digitpairs.errors.JobInterrupted`, which the task records as status ``killed``
+:class:`~digitpairs.utils.errors.JobInterrupted`, which the task records as status ``killed``
 in ``metrics.json``. A warning during the last epoch or the test lets the run finish.
 
 ``scancel`` (``SIGTERM``, then ``SIGKILL`` after SLURM's ``KillWait``) is left to
@@ -29,15 +29,9 @@ from typing import Any
 
 import lightning as L
 
-from digitpairs.errors import JobInterrupted
-
-
-def _save_atomically(trainer: L.Trainer, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    trainer.save_checkpoint(tmp, weights_only=False)
-    tmp.replace(path)
-    return path
+from digitpairs.training.checkpoint import save
+from digitpairs.training.resume import resume_command
+from digitpairs.utils.errors import JobInterrupted
 
 
 class CheckpointOnSignal(L.Callback):
@@ -81,9 +75,9 @@ class CheckpointOnSignal(L.Callback):
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not self.stopped:
             return
-        path = _save_atomically(trainer, self.path)
+        path = save(trainer, self.path)
         raise JobInterrupted(
             f"stopped by {signal.Signals(self.received).name} (SLURM's warning before the time limit) after epoch "
             f"{trainer.current_epoch} of {trainer.max_epochs}: checkpoint {path} "
-            f"(resume: python train.py ckpt_path={path})"
+            f"(resume: {resume_command(path)})"
         )

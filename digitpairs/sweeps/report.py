@@ -1,6 +1,6 @@
 """The study's report for any sweep folder: a table, Welch t-tests and two figures.
 
-    python -m digitpairs.report outputs/multirun/<sweep folder>
+    python -m digitpairs.sweeps.report outputs/multirun/<sweep folder>
 
 Writes into the sweep folder (and runs automatically at the end of ``experiment=study``):
 
@@ -29,6 +29,9 @@ from collections import defaultdict
 from itertools import combinations
 from pathlib import Path
 from typing import Any
+
+from digitpairs.utils.errors import exit_with
+from digitpairs.utils.io import write_text
 
 log = logging.getLogger(__name__)
 
@@ -262,7 +265,7 @@ def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> P
 
     Args:
         sweep_dir: a multirun folder (job sub-folders with ``metrics.json``).
-        rows: the summary rows (:func:`digitpairs.sweep.collect`); read afresh if None,
+        rows: the summary rows (:func:`digitpairs.sweeps.summary.collect`); read afresh if None,
             and ``summary.csv`` is (re)written then.
 
     Returns:
@@ -271,7 +274,7 @@ def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> P
     Raises:
         FileNotFoundError: if ``sweep_dir`` holds no job folders.
     """
-    from digitpairs.sweep import write_summary
+    from digitpairs.sweeps.summary import write_summary
 
     sweep_dir = Path(sweep_dir)
     if rows is None:
@@ -282,7 +285,7 @@ def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> P
         raise FileNotFoundError(f"no job folders (*/.hydra/overrides.yaml) in {sweep_dir}")
     groups = group_runs(rows)
     path = sweep_dir / "report.md"
-    path.write_text(_markdown(sweep_dir, rows, groups))
+    write_text(path, _markdown(sweep_dir, rows, groups))
     _plot(sweep_dir, groups)
     log.info("report: %s (+ boxplot.png, curves.png)", path)
     width = max(map(len, groups), default=0)
@@ -295,8 +298,8 @@ def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> P
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
-        sys.exit("usage: python -m digitpairs.report <sweep folder>\n" + __doc__.split("\n\n", 2)[2].split("\n\n")[0])
+        sys.exit("usage: python -m digitpairs.sweeps.report <sweep folder>\n" + __doc__.split("\n\n", 2)[2].split("\n\n")[0])
     try:
         build_report(Path(sys.argv[1]))
     except FileNotFoundError as err:
-        sys.exit(f"error: {err}")
+        exit_with(str(err), code=1)

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import logging
+import warnings
 
 import torch
 
@@ -51,3 +52,19 @@ def configure_cpu(threads: int | None = None, flush_denormal: bool = True, tune_
     torch.set_flush_denormal(flush_denormal)
     if tune_malloc and not keep_freed_memory():
         log.debug("malloc tuning skipped: no glibc mallopt")
+
+
+def quiet_lightning_console(quiet: bool = False) -> None:
+    """Under Hydra's logging, keep Lightning's messages to one copy and drop its ads.
+
+    ``quiet`` (the jobs of a sweep) also drops its INFO lines ("GPU available: False",
+    "TPU available", "`Trainer.fit` stopped"), which would repeat for every job.
+    """
+    root, lightning_log = logging.getLogger(), logging.getLogger("lightning")
+    if root.handlers:
+        lightning_log.handlers.clear()  # the root (Hydra) handlers print and file them
+    rank_zero = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    rank_zero.addFilter(lambda r: "Tip:" not in str(r.msg))
+    rank_zero.setLevel(logging.WARNING if quiet else logging.NOTSET)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*")  # Lightning 2.6 on torch 2.14, harmless
+    warnings.filterwarnings("ignore", message=r".*`srun` command is available.*")  # a hint, on any machine with SLURM

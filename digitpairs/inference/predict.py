@@ -5,7 +5,7 @@ MNIST database", http://yann.lecun.com/exdb/mnist/): grey scale, a white digit o
 (a light background is inverted, and this is noted), the digit's bounding box scaled to
 fit a 20x20 box with its aspect ratio kept (anti-aliased), then placed in the 28x28
 frame with its centre of mass at the centre. Then, like every digit of this project, it
-is average-pooled 2x2 to 14x14 (DESIGN §1) and normalised with the checkpoint's mean and std.
+is average-pooled 2x2 to 14x14 (docs/design.md §1) and normalised with the checkpoint's mean and std.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from digitpairs import checkpoint as ckpt_io
 from digitpairs.data import downsample
-from digitpairs.errors import ConfigError
+from digitpairs.training import checkpoint as ckpt_io
+from digitpairs.utils.errors import ConfigError
 
 INK = 0.1  # share of the brightest pixel that counts as ink, for the bounding box
 IMAGE = "image file (PNG or JPEG, any size, grey or colour) of one digit"
@@ -114,9 +114,9 @@ def compare(model, first: torch.Tensor, second: torch.Tensor, mean: float, std: 
     ``second_probs`` (10 floats or ``None``), ``le`` (1 if the model answers
     first <= second, else 0) and ``p_le`` (the model's probability that first <= second).
     Both follow the model's own decision rule (``model.decision``: comparator, argmax or
-    prob, :mod:`digitpairs.rules`; the comparator for models without digit heads).
+    prob, :mod:`digitpairs.models.rules`; the comparator for models without digit heads).
     """
-    from digitpairs.rules import p_leq
+    from digitpairs.models.rules import p_leq
 
     x = ((torch.stack([first, second])[None] - mean) / std).contiguous()
     logits, digit_logits = model.eval()(x)
