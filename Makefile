@@ -46,7 +46,7 @@ grid: install  ## the study's grid search for one model on the validation split 
 study: install  ## 3 models x 15 seeds x 50 epochs, then the report (ARGS="model=convnet,ws,ws_aux,aux")
 	$(PY) train.py -m experiment=study $(PLAN) $(ARGS)
 
-beyond: install  ## the best model (recipe=beyond) and ws_aux, 15 seeds each, then the report (issue #7)
+beyond: install  ## the best model (recipe=beyond) and ws_aux, 15 seeds each, then the report
 	$(PY) train.py -m experiment=beyond $(PLAN) $(ARGS)
 
 report: install  ## (re)build the report of a sweep: make report SWEEP=outputs/multirun/<folder>

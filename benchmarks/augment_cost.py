@@ -1,6 +1,6 @@
 """What the per-digit affine augmentation (kornia, ``digitpairs.data.augment``) costs per training step.
 
-Issue #7 asks for a well-kept library for the per-sample warp unless it costs more than
+The project prefers a well-kept library for the per-sample warp unless it costs more than
 10 % of a step. This times, on one torch thread, a batch of 100 pairs (200 digits):
 
 - the augmentation alone (``RandomDigitAffine``: kornia's ``RandomAffine``);

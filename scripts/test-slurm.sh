@@ -1,5 +1,5 @@
 #!/bin/bash
-# make test-slurm: start a one-node SLURM cluster on this machine, run the tests marked
+# make test-slurm: start a one-node SLURM cluster on the local machine, run the tests marked
 # `slurm` (tests/test_slurm.py) against it, and stop its daemons by their PIDs whatever
 # happens (a trap on EXIT, so a failing or interrupted test stops them too).
 # Needs root and Debian (scripts/slurm/slurm-up.sh installs slurm-wlm, munge, slurmdbd and

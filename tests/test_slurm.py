@@ -1,10 +1,10 @@
-"""Sweeps through a real SLURM cluster (``make test-slurm`` starts one on this machine).
+"""Sweeps through a real SLURM cluster (``make test-slurm`` starts one on the local machine).
 
 Skipped, with one line, when no cluster answers ``sinfo`` (``make test``); under
 ``make test-slurm`` (``DIGITPAIRS_REQUIRE_SLURM=1``) a missing cluster is an error.
 Partition: ``$DIGITPAIRS_SLURM_PARTITION`` (default ``debug``). With
 ``DIGITPAIRS_SLURM_LAUNCHER=submitit_slurm`` they run Hydra's own launcher, which fails
-them (issue 10).
+them.
 """
 
 from __future__ import annotations
@@ -81,13 +81,13 @@ def wait_until_training(sweep_dir: Path, n_jobs: int, proc: subprocess.Popen, ti
         assert proc.poll() is None, proc.communicate()[1][-3000:]
         assert time.time() < deadline, "jobs did not start training"
         logs = [p.read_text() for p in sweep_dir.glob(".submitit/*_*/*_log.out")]
-        if len(logs) == n_jobs and all("data source" in log for log in logs):
+        if len(logs) == n_jobs and all("data: " in log for log in logs):
             return slurm_job_ids(sweep_dir)
         time.sleep(0.5)
 
 
 def test_make_study_through_slurm_gives_two_ok_rows_and_the_report(tmp_path):
-    """Failure 3 of issue 10: `make study` with a SLURM launcher in ARGS (the plan used to add joblib's n_jobs)."""
+    """`make study` with a SLURM launcher in ARGS (the plan used to add joblib's n_jobs)."""
     args = " ".join([*SLURM, *SHORT, "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
     out = subprocess.run(["make", "study", f"ARGS={args}"], cwd=ROOT, capture_output=True, text=True, timeout=420)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -115,7 +115,7 @@ def test_bad_job_is_an_invalid_row_and_exit_1_and_job_logs_stay_small(tmp_path):
 
 
 def test_scancel_and_time_limit_warning_leave_the_summary_with_killed_rows(tmp_path):
-    """Failures 1 and 2 of issue 10. Two long jobs train; job 0 gets SLURM's time-limit
+    """Two long jobs train; job 0 gets SLURM's time-limit
     warning (USR2, as submitit asks SLURM to send it), job 1 is cancelled with scancel.
     The sweep still writes its summary, with both jobs as killed rows (the warned one
     with its checkpoint), and exits 1 with one line."""

@@ -1,4 +1,4 @@
-"""Print the launcher overrides that run a sweep fastest on this machine.
+"""Print the launcher overrides that run a sweep fastest on the machine that runs it.
 
     python -m digitpairs.sweeps.plan        # e.g. "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
     python -m digitpairs.sweeps.plan hydra/launcher=digitpairs_slurm hydra.launcher.cpus_per_task=2   # "threads=2"
@@ -7,7 +7,7 @@ Used by ``make study`` and ``make grid``, which pass it their ``ARGS``; override
 with ``make study PLAN="..."``. A launcher chosen in the arguments (``hydra/launcher=...``)
 is respected: the plan then adds only ``threads`` (``hydra.launcher.cpus_per_task``, else
 1), unless the arguments set it, and never a precision (a cluster's nodes may differ
-from this machine).
+from the machine that submits them).
 
 - One torch thread per job and one job per core: the networks are tiny, and two
   1-thread processes gave 1.4x the throughput of one 2-thread process here. Each joblib

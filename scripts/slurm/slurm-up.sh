@@ -1,5 +1,4 @@
 #!/bin/bash
-# (Copied from ../shared/slurm/ so that `make test-slurm` runs from this repository alone, e.g. in CI.)
 # One-node SLURM cluster on this Debian 12 machine (root, no systemd needed).
 # Usage: slurm-up.sh [--no-accounting]
 #   default: munged + mariadbd + slurmdbd + slurmctld + slurmd (sacct works: submitit
