@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.install-stamp
 ARGS    ?=
 SWEEP   ?=
 
-.PHONY: help install train test test-slurm sweep grid study beyond report tensorboard bench clean
+.PHONY: help install train test lint format test-slurm sweep grid study beyond report tensorboard bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -19,8 +19,16 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)  ## create .venv and install the project (offline; quick when done already)
 
-train: install  ## train ws_aux for 50 epochs on real MNIST pairs (ARGS="model=convnet ...")
+train: install  ## train ws_aux for 50 epochs on MNIST pairs (ARGS="model=convnet ...")
 	$(PY) train.py model=ws_aux $(ARGS)
+
+lint: install  ## ruff: lint and check the formatting (the settings are in pyproject.toml)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install  ## ruff: fix what it can and format the code
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test: install  ## run the test suite
 	$(PY) -m pytest -q -n 2 $(ARGS)  # two workers (pytest-xdist): the tests spend half their time in one-thread subprocesses

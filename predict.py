@@ -18,15 +18,24 @@ from pathlib import Path
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Compare two digit images with a trained digitpairs checkpoint: is first <= second?",
-        epilog="example: python predict.py outputs/runs/<time>/checkpoints/last.ckpt examples/two.png examples/seven_black_on_white.png",
+        epilog="example: python predict.py outputs/runs/<time>/checkpoints/last.ckpt "
+        "examples/two.png examples/seven_black_on_white.png",
     )
     parser.add_argument("checkpoint", help="a checkpoint of a run (<run>/checkpoints/last.ckpt) or a run folder")
     parser.add_argument("images", nargs="*", metavar="image", help="the first and the second image (PNG or JPEG)")
-    parser.add_argument("--mnist-test", nargs=2, type=int, metavar=("I", "J"),
-                        help="use test-pool digits I and J of --source instead of image files")
+    parser.add_argument(
+        "--mnist-test",
+        nargs=2,
+        type=int,
+        metavar=("I", "J"),
+        help="use test-pool digits I and J of --source instead of image files",
+    )
     parser.add_argument("--source", default="auto", help="data source for --mnist-test (auto, idx, torchvision)")
-    parser.add_argument("--root", default="data/mnist",
-                        help="data folder for --mnist-test, relative to the project (default: data/mnist)")
+    parser.add_argument(
+        "--root",
+        default="data/mnist",
+        help="data folder for --mnist-test, relative to the project (default: data/mnist)",
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the human line")
     return parser.parse_args(argv)
 
@@ -50,10 +59,11 @@ def main(argv: list[str]) -> int:
         if args.mnist_test:
             digits = [mnist_test_digit(i, args.source, str(project_path(args.root))) for i in args.mnist_test]
         else:
-            digits = [load_digit(path, name) for path, name in zip(args.images, ("first_image", "second_image"))]
+            names = ("first_image", "second_image")
+            digits = [load_digit(path, name) for path, name in zip(args.images, names, strict=True)]
     except ConfigError as err:
         exit_with(str(err), 2)
-    for name, digit in zip(("first", "second"), digits):
+    for name, digit in zip(("first", "second"), digits, strict=False):
         if digit.inverted:
             print(f"note: the {name} image has a light background: inverted to a white digit on black", file=sys.stderr)
     result = compare(model, digits[0].image, digits[1].image, mean, std)

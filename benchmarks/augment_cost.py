@@ -40,8 +40,9 @@ def _median_ms(fn, steps: int, repeats: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=["model=ws_aux", "recipe=beyond"],
-                        help="override lines, one per model (quoted)")
+    parser.add_argument(
+        "--models", nargs="+", default=["model=ws_aux", "recipe=beyond"], help="override lines, one per model (quoted)"
+    )
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
@@ -68,7 +69,7 @@ def main() -> None:
         model = instantiate(cfg.model).train()
         opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
-        def step() -> None:
+        def step(model=model, opt=opt) -> None:
             logits, digits = model(x)
             loss = sum(model.losses(logits, digits, target, classes).values())
             opt.zero_grad(set_to_none=True)
@@ -76,8 +77,10 @@ def main() -> None:
             opt.step()
 
         step_ms = _median_ms(step, args.steps, args.repeats)
-        print(f"{line}: training step {step_ms:.2f} ms; augmentation = {100 * aug_ms / (aug_ms + step_ms):.1f} % "
-              f"of an augmented step")
+        print(
+            f"{line}: training step {step_ms:.2f} ms; augmentation = {100 * aug_ms / (aug_ms + step_ms):.1f} % "
+            f"of an augmented step"
+        )
 
 
 if __name__ == "__main__":

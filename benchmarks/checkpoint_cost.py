@@ -34,10 +34,19 @@ def measure(model: str, epochs: int, every: int, threads: int, out_dir: str) -> 
     register_resolvers()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[
-            "experiment=study", f"model={model}", f"trainer.max_epochs={epochs}", f"checkpoint_every={every}",
-            "paths.output_dir=" + out_dir, f"model_name={model}", "overrides=[]", f"threads={threads}",
-        ])
+        cfg = compose(
+            "train",
+            overrides=[
+                "experiment=study",
+                f"model={model}",
+                f"trainer.max_epochs={epochs}",
+                f"checkpoint_every={every}",
+                "paths.output_dir=" + out_dir,
+                f"model_name={model}",
+                "overrides=[]",
+                f"threads={threads}",
+            ],
+        )
     datamodule, net, trainer, _ = build(cfg, loggers=False)
     last = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint))
     spent, count, save = [0.0], [0], last.save
@@ -70,9 +79,12 @@ def main() -> None:
                 measure(model, 2, every, args.threads, tmp)  # warm-up: first-call costs
                 r = measure(model, args.epochs, every, args.threads, tmp)
             share = 100 * r["save_s"] / r["fit_s"]
-            print(f"{model:8s} checkpoint_every={every}: {r['saves']} saves, {1000 * r['save_s'] / max(r['saves'], 1):.1f} ms "
-                  f"each, {r['save_s']:.2f} s of {r['fit_s']:.2f} s fit = {share:.2f} % "
-                  f"({1000 * r['fit_s'] / args.epochs:.0f} ms per epoch)")
+            print(
+                f"{model:8s} checkpoint_every={every}: {r['saves']} saves, "
+                f"{1000 * r['save_s'] / max(r['saves'], 1):.1f} ms "
+                f"each, {r['save_s']:.2f} s of {r['fit_s']:.2f} s fit = {share:.2f} % "
+                f"({1000 * r['fit_s'] / args.epochs:.0f} ms per epoch)"
+            )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ same epochs and the same torch threads are timed three ways:
   (c) bare fast  a plain loop with the optimisations that (a) uses: channels-last
                  convolutions, whole batches cut from in-memory tensors, denormal
                  floats flushed to zero, glibc malloc keeping freed memory
-                 (digitpairs/runtime.py).
+                 (digitpairs/training/runtime.py).
 
 Each is warmed up for one epoch, then timed ``--repeats`` times over ``--epochs``
 epochs, the three ways taking turns (a, b, c, a, b, c, ...) so that a slow spell of the
@@ -79,7 +79,9 @@ def loss_fn(model: str, out, target, classes, alpha=0.75, gamma=1.0) -> torch.Te
     logits, digits = out
     loss = gamma * F.cross_entropy(logits, target)
     if model == "ws_aux":
-        loss = loss + alpha * (F.cross_entropy(digits[:, 0], classes[:, 0]) + F.cross_entropy(digits[:, 1], classes[:, 1]))
+        loss = loss + alpha * (
+            F.cross_entropy(digits[:, 0], classes[:, 0]) + F.cross_entropy(digits[:, 1], classes[:, 1])
+        )
     return loss
 
 
@@ -153,12 +155,21 @@ def lightning_fit(model: str, epochs: int):
 
     def prepare(n: int):
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose("train", overrides=[
-                f"model={model}", f"trainer.max_epochs={n}", "data.val_fraction=0", "data.test_curve=false",
-                "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-                "paths.output_dir=/tmp/digitpairs-bench", f"model_name={model}", "overrides=[]",
-                f"threads={torch.get_num_threads()}",
-            ])
+            cfg = compose(
+                "train",
+                overrides=[
+                    f"model={model}",
+                    f"trainer.max_epochs={n}",
+                    "data.val_fraction=0",
+                    "data.test_curve=false",
+                    "trainer.enable_progress_bar=false",
+                    "trainer.enable_model_summary=false",
+                    "paths.output_dir=/tmp/digitpairs-bench",
+                    f"model_name={model}",
+                    "overrides=[]",
+                    f"threads={torch.get_num_threads()}",
+                ],
+            )
         datamodule, net, trainer, _ = build(cfg, loggers=False)
         return lambda: trainer.fit(net, datamodule=datamodule)
 
@@ -202,8 +213,10 @@ def main() -> None:
     data = dm.sets["train"].tensors
     n_pairs = len(data[1])
     results = []
-    print(f"torch {torch.__version__}, {os.cpu_count()} cores, {n_pairs} training pairs ({dm.resolved_source}), "
-          f"{args.epochs} epochs x median of {args.repeats}")
+    print(
+        f"torch {torch.__version__}, {os.cpu_count()} cores, {n_pairs} training pairs ({dm.resolved_source}), "
+        f"{args.epochs} epochs x median of {args.repeats}"
+    )
     print(f"{'model':8} {'threads':>7} {'way':12} {'s/epoch':>8} {'pairs/s':>9} {'GFLOP/s':>8} {'vs (b)':>7}")
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -218,8 +231,10 @@ def main() -> None:
             row.update(timed(ways, args.epochs, args.repeats))
             for way in ways:
                 pps = n_pairs / row[way]
-                print(f"{model:8} {threads:>7} {way:12} {row[way]:8.4f} {pps:9.0f} {pps * flops / 1e9:8.2f} "
-                      f"{row['(b) bare NCHW'] / row[way]:6.2f}x")
+                print(
+                    f"{model:8} {threads:>7} {way:12} {row[way]:8.4f} {pps:9.0f} {pps * flops / 1e9:8.2f} "
+                    f"{row['(b) bare NCHW'] / row[way]:6.2f}x"
+                )
             row["ratio_a_over_b"] = row["(b) bare NCHW"] / row["(a) lightning"]
             row["ratio_a_over_c"] = row["(c) bare fast"] / row["(a) lightning"]
             row["gflop_per_pair_train"] = flops / 1e9

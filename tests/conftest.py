@@ -11,8 +11,8 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -56,7 +56,8 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def compose_config(overrides: list[str], output_dir: Path, hydra_node: bool = False, config_name: str = "train"):
-    """Compose ``conf/<config_name>.yaml`` (``train`` by default) with ``overrides``, as ``train.py`` would, fully resolved.
+    """Compose ``conf/<config_name>.yaml`` (``train`` by default) with ``overrides``, as
+    ``train.py`` would, fully resolved.
 
     The ``${hydra:...}`` interpolations (run folder, model choice, overrides) are resolved
     against a temporary ``HydraConfig`` whose output folder is ``output_dir``; the

@@ -83,7 +83,7 @@ def test_repair_uses_training_digits_only_and_recomputes_targets():
         assert len(seen) == 2 * len(x_train) and set(seen) == train_digits  # each digit once per epoch
     assert not torch.equal(pairings[0], pairings[len(pairings) // 2])  # a fresh pairing each epoch
     for name in ("val", "test", "train"):  # evaluation sets untouched
-        for a, b in zip(plain.sets[name].tensors, dm.sets[name].tensors):
+        for a, b in zip(plain.sets[name].tensors, dm.sets[name].tensors, strict=False):
             assert torch.equal(a, b)
 
 
@@ -97,7 +97,9 @@ def test_probability_rule_exact_cases():
     digit_logits = torch.stack([10 * p1, 10 * p2], dim=1)
     for rule in ("argmax", "prob"):
         assert torch.equal(decide(rule, torch.zeros(100, 2), digit_logits), expected.long())
-    assert torch.equal(decide("comparator", torch.tensor([[0.0, 1.0], [1.0, 0.0]]), digit_logits[:2]), torch.tensor([1, 0]))
+    assert torch.equal(
+        decide("comparator", torch.tensor([[0.0, 1.0], [1.0, 0.0]]), digit_logits[:2]), torch.tensor([1, 0])
+    )
 
 
 # ---- ensembles (model.members) ---------------------------------------------------------
@@ -114,7 +116,7 @@ def test_one_member_is_the_model_itself():
     torch.manual_seed(0)
     one = WSAuxModule(members=1)
     assert list(one.state_dict()) == list(alone.state_dict())  # net.branch1.0.weight, ...: old checkpoints load
-    assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), alone.state_dict().values()))
+    assert all(torch.equal(a, b) for a, b in zip(one.state_dict().values(), alone.state_dict().values(), strict=False))
 
 
 def test_ensemble_outputs_members_in_training_and_their_mean_probability_in_eval():
@@ -242,20 +244,35 @@ def test_tta_answer_of_a_digit_depends_on_that_digit_alone():
 
 
 # ---- config options ------------------------------------------------------------------
-@pytest.mark.parametrize("overrides, check", [
-    (["model=digit_classifier"], lambda m, c: isinstance(m.net, CompactConvNet) and m.hparams.decision == "prob"),
-    (["model=digit_classifier", "model.trunk=wide", "model.members=2"], lambda m, c: isinstance(m.net[1], WideConvNet)),
-    (["model.tta=8"], lambda m, c: m.hparams.tta == 8 and m.hparams.tta_shift == c.data.shift),
-    (["model.trunk=compact"], lambda m, c: isinstance(m.net.branch1, CompactConvNet)),
-    (["model.trunk=wide", "model.decision=argmax"], lambda m, c: isinstance(m.net.branch1, WideConvNet)),
-    (["optim=sgd_onecycle"], lambda m, c: m.hparams.schedule == "onecycle" and m.hparams.nesterov),
-    (["loss.label_smoothing=0.1"], lambda m, c: m.hparams.label_smoothing == 0.1),
-    (["recipe=beyond"], lambda m, c: c.model_name == "digit_classifier" and c.data.augment == "affine"
-     and c.optim.schedule == "onecycle" and c.trainer.max_epochs == 70 and m.hparams.members == 2
-     and m.hparams.tta == 16 and isinstance(m.net[0], CompactConvNet)),
-    (["callbacks=ema"], lambda m, c: list(c.callbacks) == ["checkpoint_on_signal", "ema"]),
-    (["experiment=beyond"], lambda m, c: c.data.val_fraction == 0.0),
-])
+@pytest.mark.parametrize(
+    "overrides, check",
+    [
+        (["model=digit_classifier"], lambda m, c: isinstance(m.net, CompactConvNet) and m.hparams.decision == "prob"),
+        (
+            ["model=digit_classifier", "model.trunk=wide", "model.members=2"],
+            lambda m, c: isinstance(m.net[1], WideConvNet),
+        ),
+        (["model.tta=8"], lambda m, c: m.hparams.tta == 8 and m.hparams.tta_shift == c.data.shift),
+        (["model.trunk=compact"], lambda m, c: isinstance(m.net.branch1, CompactConvNet)),
+        (["model.trunk=wide", "model.decision=argmax"], lambda m, c: isinstance(m.net.branch1, WideConvNet)),
+        (["optim=sgd_onecycle"], lambda m, c: m.hparams.schedule == "onecycle" and m.hparams.nesterov),
+        (["loss.label_smoothing=0.1"], lambda m, c: m.hparams.label_smoothing == 0.1),
+        (
+            ["recipe=beyond"],
+            lambda m, c: (
+                c.model_name == "digit_classifier"
+                and c.data.augment == "affine"
+                and c.optim.schedule == "onecycle"
+                and c.trainer.max_epochs == 70
+                and m.hparams.members == 2
+                and m.hparams.tta == 16
+                and isinstance(m.net[0], CompactConvNet)
+            ),
+        ),
+        (["callbacks=ema"], lambda m, c: list(c.callbacks) == ["checkpoint_on_signal", "ema"]),
+        (["experiment=beyond"], lambda m, c: c.data.val_fraction == 0.0),
+    ],
+)
 def test_new_options_compose_and_build(overrides, check, compose_cfg):
     cfg = compose_cfg(*overrides)
     model = instantiate(cfg.model)
@@ -266,13 +283,22 @@ def test_new_options_compose_and_build(overrides, check, compose_cfg):
     assert isinstance(dm, PairDataModule)
 
 
-@pytest.mark.parametrize("override, key", [
-    ("data.augment=warp", "data.augment"), ("data.rotate=-1", "data.rotate"), ("data.repair=1", "data.repair"),
-    ("model.trunk=huge", "model.trunk"), ("model.decision=vote", "model.decision"),
-    ("model.members=0", "model.members"), ("model.members=1.5", "model.members"),
-    ("model.tta=-1", "model.tta"), ("model.tta_rotate=-3", "model.tta_rotate"),
-    ("optim.schedule=cosine", "optim.schedule"), ("loss.label_smoothing=1.0", "loss.label_smoothing"),
-])
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.augment=warp", "data.augment"),
+        ("data.rotate=-1", "data.rotate"),
+        ("data.repair=1", "data.repair"),
+        ("model.trunk=huge", "model.trunk"),
+        ("model.decision=vote", "model.decision"),
+        ("model.members=0", "model.members"),
+        ("model.members=1.5", "model.members"),
+        ("model.tta=-1", "model.tta"),
+        ("model.tta_rotate=-3", "model.tta_rotate"),
+        ("optim.schedule=cosine", "optim.schedule"),
+        ("loss.label_smoothing=1.0", "loss.label_smoothing"),
+    ],
+)
 def test_bad_new_options_name_the_key(override, key, compose_cfg):
     cfg = compose_cfg(override)
     with pytest.raises(ConfigError, match=key):  # unwrapped, as train.py reports it
@@ -281,7 +307,16 @@ def test_bad_new_options_name_the_key(override, key, compose_cfg):
 
 
 def test_augment_cost_benchmark_prints_its_shares():
-    cmd = [sys.executable, "benchmarks/augment_cost.py", "--models", "model=digit_classifier", "--steps", "2", "--repeats", "1"]
+    cmd = [
+        sys.executable,
+        "benchmarks/augment_cost.py",
+        "--models",
+        "model=digit_classifier",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+    ]
     out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ms per batch of 100 pairs" in out.stdout and "model=digit_classifier: training step" in out.stdout
@@ -295,9 +330,16 @@ def test_beyond_sweep_end_to_end_on_real_digits(tmp_path):
     """experiment=beyond, 2 seeds, 4 epochs, MNIST's own digits: the best model beside ws_aux."""
     sweep = tmp_path / "sweep"
     cmd = [
-        sys.executable, "train.py", "-m", "experiment=beyond", "seed=0,1", "trainer.max_epochs=4",
-        "trainer.check_val_every_n_epoch=2", "threads=1",
-        "logger=none", f"hydra.sweep.dir={sweep}",
+        sys.executable,
+        "train.py",
+        "-m",
+        "experiment=beyond",
+        "seed=0,1",
+        "trainer.max_epochs=4",
+        "trainer.check_val_every_n_epoch=2",
+        "threads=1",
+        "logger=none",
+        f"hydra.sweep.dir={sweep}",
     ]
     proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -68,9 +68,13 @@ def test_defaults_are_the_study_recipe(compose_cfg):
 
 def test_data_trainer_logger_and_callbacks_instantiate(compose_cfg, tmp_path):
     cfg = compose_cfg(
-        "data.source=idx", "data.n_pairs=500", "seed=7", "trainer.max_epochs=3",
+        "data.source=idx",
+        "data.n_pairs=500",
+        "seed=7",
+        "trainer.max_epochs=3",
         "+callbacks.early_stop._target_=lightning.pytorch.callbacks.EarlyStopping",
-        "+callbacks.early_stop.monitor=val/acc", "+callbacks.early_stop.mode=max",
+        "+callbacks.early_stop.monitor=val/acc",
+        "+callbacks.early_stop.mode=max",
     )
     dm = instantiate(cfg.data)
     assert isinstance(dm, PairDataModule)

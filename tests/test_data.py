@@ -46,7 +46,7 @@ def key(image: torch.Tensor) -> bytes:
 
 def index_pool(pool: Pool) -> dict[bytes, tuple[int, int]]:
     """Map each pool image to (row, label); the pool must hold distinct images."""
-    table = {key(img): (i, int(lab)) for i, (img, lab) in enumerate(zip(pool.images, pool.labels))}
+    table = {key(img): (i, int(lab)) for i, (img, lab) in enumerate(zip(pool.images, pool.labels, strict=False))}
     assert len(table) == len(pool), f"{pool.name} holds duplicate images"
     return table
 
@@ -110,7 +110,9 @@ def test_default_source_resolves_to_the_repository_files():
 
 
 def test_auto_without_files_names_the_folder(tmp_path):
-    with pytest.raises(ConfigError, match=r"data.root='.*' is not allowed: expected a folder holding the four MNIST IDX"):
+    with pytest.raises(
+        ConfigError, match=r"data.root='.*' is not allowed: expected a folder holding the four MNIST IDX"
+    ):
         load_pools("auto", str(tmp_path))
 
 
@@ -131,18 +133,18 @@ def test_idx_test_set_split_into_two_halves_with_labels_attached(raw_t10k, tmp_p
     assert len(train) + len(test) == 10000
     n_train = torch.bincount(train.labels, minlength=10).tolist()
     n_test = torch.bincount(test.labels, minlength=10).tolist()
-    assert [a + b for a, b in zip(n_train, n_test)] == T10K_CLASS_COUNTS
-    assert all(abs(a - b) <= 1 for a, b in zip(n_train, n_test)), (n_train, n_test)
+    assert [a + b for a, b in zip(n_train, n_test, strict=False)] == T10K_CLASS_COUNTS
+    assert all(abs(a - b) <= 1 for a, b in zip(n_train, n_test, strict=False)), (n_train, n_test)
     # Every pool image is a real t10k digit with its own label, and each is used once.
     images, labels = raw_t10k
     small = downsample(images)
-    raw = {key(img): int(lab) for img, lab in zip(small, labels)}
+    raw = {key(img): int(lab) for img, lab in zip(small, labels, strict=False)}
     assert len(raw) == 10000
     seen = set()
     for pool in (train, test):
         assert pool.images.dtype == torch.float32 and pool.images.shape[1:] == (14, 14)
         assert pool.labels.dtype == torch.int64
-        for img, lab in zip(pool.images, pool.labels):
+        for img, lab in zip(pool.images, pool.labels, strict=False):
             k = key(img)
             assert raw[k] == int(lab)
             seen.add(k)
@@ -233,7 +235,7 @@ def make_dm(source, **kwargs) -> PairDataModule:
 def test_same_seed_same_pairs_other_seed_other_pairs(source):
     a, b, c = make_dm(source, seed=3), make_dm(source, seed=3), make_dm(source, seed=4)
     for name in ("train", "val", "test"):
-        for ta, tb in zip(a.sets[name].tensors, b.sets[name].tensors):
+        for ta, tb in zip(a.sets[name].tensors, b.sets[name].tensors, strict=False):
             assert torch.equal(ta, tb)
         assert not torch.equal(a.sets[name].tensors[0], c.sets[name].tensors[0])
     assert not torch.equal(a.sets["train"].tensors[2], c.sets["train"].tensors[2])

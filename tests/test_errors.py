@@ -50,9 +50,16 @@ def test_bad_number_through_train_py(tmp_path):
 @pytest.mark.slow
 def test_diverging_run_fails(tmp_path):
     result = run_train(
-        ["optim.lr1=1e9", "trainer.max_epochs=2", "data.n_pairs=300", "trainer.enable_progress_bar=false",
-         "trainer.enable_model_summary=false", "logger=none"],
-        tmp_path, timeout=120,
+        [
+            "optim.lr1=1e9",
+            "trainer.max_epochs=2",
+            "data.n_pairs=300",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            "logger=none",
+        ],
+        tmp_path,
+        timeout=120,
     )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
@@ -93,17 +100,35 @@ CASES = {  # id: (overrides, key, value as printed, what is allowed (start))
     "batch_size": (["data.batch_size=0"], "data.batch_size", "0", "an integer >= 2"),
     # BatchNorm1d cannot train on one pair: refused before training, not a traceback mid-epoch
     "batch_size_one": (["data.batch_size=1"], "data.batch_size", "1", "an integer >= 2"),
-    "one_training_pair": (["data.n_pairs=2", "data.val_fraction=0.5"], "data.val_fraction", "0.5",
-                          "a share of data.n_pairs=2 leaving >= 1 validation pair and >= 2 training pairs"),
+    "one_training_pair": (
+        ["data.n_pairs=2", "data.val_fraction=0.5"],
+        "data.val_fraction",
+        "0.5",
+        "a share of data.n_pairs=2 leaving >= 1 validation pair and >= 2 training pairs",
+    ),
     "one_pair": (["data.n_pairs=1", "data.val_fraction=0"], "data.n_pairs", "1", "an integer >= 2"),
     "max_epochs": (["trainer.max_epochs=0"], "trainer.max_epochs", "0", "an integer >= 1"),
     "seed": (["seed=-1"], "seed", "-1", "an integer >= 0"),
     "idx_missing": (["data.source=idx", "data.root={missing}"], "data.root", "'{missing}'", "an existing folder"),
-    "idx_no_files": (["data.source=idx", "data.root={empty}"], "data.root", "'{empty}'", "a folder holding train-images-idx3-ubyte"),
+    "idx_no_files": (
+        ["data.source=idx", "data.root={empty}"],
+        "data.root",
+        "'{empty}'",
+        "a folder holding train-images-idx3-ubyte",
+    ),
     # a key of other models forced onto one without it (Hydra suggests the +): not a TypeError
-    "key_of_another_model": (["model=convnet", "+model.decision=argmax"], "model.decision", "'argmax'",
-                             "it left out: ConvNetModule has no key decision"),
-    "key_of_no_data_module": (["+data.elastic=2"], "data.elastic", "2", "it left out: PairDataModule has no key elastic"),
+    "key_of_another_model": (
+        ["model=convnet", "+model.decision=argmax"],
+        "model.decision",
+        "'argmax'",
+        "it left out: ConvNetModule has no key decision",
+    ),
+    "key_of_no_data_module": (
+        ["+data.elastic=2"],
+        "data.elastic",
+        "2",
+        "it left out: PairDataModule has no key elastic",
+    ),
 }
 
 

@@ -12,7 +12,6 @@ import ast
 from pathlib import Path
 
 import pytest
-
 from conftest import PROJECT_ROOT
 
 PACKAGE = PROJECT_ROOT / "digitpairs"
@@ -69,7 +68,7 @@ def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for nxt in sorted(edges.get(node, ())):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt not in state and (cycle := visit(nxt)):
                 return cycle
         stack.pop()
@@ -93,8 +92,12 @@ def test_the_cycle_finder_finds_a_cycle():
 
 def test_no_module_imports_another_modules_private_names():
     mods = modules()
-    bad = [f"{mod} imports {target}.{name}" for mod, path in mods.items()
-           for target, name in imports_of(path, set(mods)) if name.startswith("_") and target != mod]
+    bad = [
+        f"{mod} imports {target}.{name}"
+        for mod, path in mods.items()
+        for target, name in imports_of(path, set(mods))
+        if name.startswith("_") and target != mod
+    ]
     assert not bad, bad
 
 

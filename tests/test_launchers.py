@@ -36,8 +36,15 @@ def test_time_limit_too_short_for_the_warning_signal_is_refused():
 
 def test_short_time_limit_exits_2_before_anything_is_submitted(tmp_path):
     """No cluster needed: the launcher refuses it in setup, before the sweeper composes or submits."""
-    cmd = [sys.executable, "train.py", "-m", "hydra/launcher=digitpairs_slurm", "hydra.launcher.timeout_min=2",
-           "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "hydra/launcher=digitpairs_slurm",
+        "hydra.launcher.timeout_min=2",
+        "seed=0,1",
+        f"hydra.sweep.dir={tmp_path / 'sweep'}",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1].startswith("error: hydra.launcher.timeout_min=2 is not allowed")
@@ -61,13 +68,17 @@ class FailedJobError(UncompletedJobError):
 def test_job_outcome_names_slurm_state_and_what_to_do():
     lost = UncompletedJobError("Job 7_1 (task: 0) with path /x\nhas not produced any output (state: TIMEOUT)")
     assert job_outcome(_Job("7_1", "TIMEOUT"), lost) == (
-        "killed", "SLURM job 7_1 TIMEOUT: time limit reached: raise hydra.launcher.timeout_min")
+        "killed",
+        "SLURM job 7_1 TIMEOUT: time limit reached: raise hydra.launcher.timeout_min",
+    )
     assert job_outcome(_Job("7_0", "OUT_OF_MEMORY"), lost)[1].endswith("out of memory: raise hydra.launcher.mem_gb")
     assert job_outcome(_Job("7_2", "CANCELLED by 0"), lost)[1].startswith("SLURM job 7_2 CANCELLED by 0: cancelled")
     assert job_outcome(_Job("7_3", "NODE_FAIL"), lost)[1] == "SLURM job 7_3 NODE_FAIL: its node failed"
-    trace = ("Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call "
-             "last):\n  File \"x.py\", line 1\nValueError: boom\n----------------------\nYou can check full logs with "
-             "'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /a.err\n  - /a.out")
+    trace = (
+        "Job (task=0) failed during processing with trace:\n----------------------\nTraceback (most recent call "
+        'last):\n  File "x.py", line 1\nValueError: boom\n----------------------\nYou can check full logs with '
+        "'job.stderr(0)' and 'job.stdout(0)'or at paths:\n  - /a.err\n  - /a.out"
+    )
     status, reason = job_outcome(_Job("7_4", "COMPLETED"), FailedJobError(trace))
     assert (status, reason) == ("failed", "SLURM job 7_4 (COMPLETED) raised: ValueError: boom")
 
@@ -76,14 +87,20 @@ def test_killed_job_is_a_row_of_the_summary_and_finished_records_are_kept(tmp_pa
     ok = tmp_path / "0"
     (ok / ".hydra").mkdir(parents=True)
     (ok / ".hydra" / "overrides.yaml").write_text("- seed=0\n")
-    (ok / "metrics.json").write_text(json.dumps({"status": "ok", "model": "convnet", "seed": 0, "val_acc": 0.9,
-                                                 "test_acc": 0.8}))
+    (ok / "metrics.json").write_text(
+        json.dumps({"status": "ok", "model": "convnet", "seed": 0, "val_acc": 0.9, "test_acc": 0.8})
+    )
     # a finished job that SLURM killed afterwards keeps its own record
     assert not record_lost_job(ok, "killed", "SLURM job 3_0 CANCELLED by 0: ...", ["seed=0"], {})
     # a job killed before Hydra made its folder: the launcher writes both files
     reason = "SLURM job 3_1 TIMEOUT: time limit reached: raise hydra.launcher.timeout_min"
-    assert record_lost_job(tmp_path / "1", "killed", reason, ["model=convnet", "seed=1"],
-                           {"model": "convnet", "seed": 1, "slurm_job": "3_1"})
+    assert record_lost_job(
+        tmp_path / "1",
+        "killed",
+        reason,
+        ["model=convnet", "seed=1"],
+        {"model": "convnet", "seed": 1, "slurm_job": "3_1"},
+    )
     rows = write_summary(tmp_path)
     assert [(r["job"], r["status"]) for r in rows] == [("0", "ok"), ("1", "killed")]
     assert rows[1]["error"] == reason and rows[1]["overrides"] == "model=convnet seed=1" and rows[1]["seed"] == 1
@@ -95,16 +112,25 @@ def test_plan_respects_a_launcher_chosen_in_args():
     assert plan(cores=2, cuda=False, amx_bf16=True, args=slurm) == "threads=1"
     assert plan(cores=2, cuda=False, amx_bf16=True, args=[*slurm, "hydra.launcher.cpus_per_task=4"]) == "threads=4"
     assert plan(cores=2, cuda=False, amx_bf16=True, args=[*slurm, "threads=2"]) == ""
-    assert plan(cores=2, cuda=False, amx_bf16=False, args=["model=ws"]) == \
-        "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"  # no launcher chosen: the default plan
-    assert plan(cores=2, cuda=False, amx_bf16=True, args=["threads=2", "trainer.precision=32-true"]) == \
-        "hydra/launcher=joblib hydra.launcher.n_jobs=2"
+    assert (
+        plan(cores=2, cuda=False, amx_bf16=False, args=["model=ws"])
+        == "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
+    )  # no launcher chosen: the default plan
+    assert (
+        plan(cores=2, cuda=False, amx_bf16=True, args=["threads=2", "trainer.precision=32-true"])
+        == "hydra/launcher=joblib hydra.launcher.n_jobs=2"
+    )
 
 
 def test_make_study_passes_args_to_the_plan():
     args = "hydra/launcher=digitpairs_slurm hydra.launcher.partition=debug hydra.launcher.cpus_per_task=1"
-    out = subprocess.run(["make", "--no-print-directory", "-n", "study", f"ARGS={args}"], cwd=ROOT,
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "study", f"ARGS={args}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     line = next(ln for ln in out.stdout.splitlines() if "train.py -m experiment=study" in ln)
     assert "joblib" not in line and "n_jobs" not in line and " threads=1 " in line and line.endswith(args)
 
@@ -116,9 +142,18 @@ def test_warning_signal_mid_training_saves_a_checkpoint_and_records_killed(tmp_p
     import torch
 
     run_dir = tmp_path / "run"
-    cmd = [sys.executable, "train.py", "model=convnet", "callbacks.checkpoint_on_signal.only_under_slurm=false",
-           "trainer.max_epochs=1000", "data.n_pairs=300", "threads=1", "trainer.enable_progress_bar=false",
-           "logger=none", f"hydra.run.dir={run_dir}"]
+    cmd = [
+        sys.executable,
+        "train.py",
+        "model=convnet",
+        "callbacks.checkpoint_on_signal.only_under_slurm=false",
+        "trainer.max_epochs=1000",
+        "data.n_pairs=300",
+        "threads=1",
+        "trainer.enable_progress_bar=false",
+        "logger=none",
+        f"hydra.run.dir={run_dir}",
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 300
@@ -134,7 +169,7 @@ def test_warning_signal_mid_training_saves_a_checkpoint_and_records_killed(tmp_p
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("error: stopped by SIGUSR2 (SLURM's warning before the time limit) after epoch ")
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["status"] == "killed" and metrics["error"] == last[len("error: "):]
+    assert metrics["status"] == "killed" and metrics["error"] == last[len("error: ") :]
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=False, map_location="cpu")
     epochs = int(last.split("after epoch ")[1].split()[0])
     assert 1 <= epochs < 1000 and ckpt["epoch"] == epochs

@@ -32,6 +32,9 @@ def test_run_into_a_file_writes_epoch_lines_not_a_progress_bar(tmp_path):
     text = result.stdout + result.stderr
     assert "\r" not in text and "it/s" not in text  # no tqdm refreshes
     assert [line.split(" - ", 1)[1].split(":")[0] for line in text.splitlines() if "] - epoch " in line] == [
-        "epoch 1/3", "epoch 2/3", "epoch 3/3"]
+        "epoch 1/3",
+        "epoch 2/3",
+        "epoch 3/3",
+    ]
     assert "GPU available" in text  # a single run keeps Lightning's device line
     assert len(text.encode()) < 5_000, len(text.encode())

@@ -215,7 +215,8 @@ def test_lr_switch_of_the_study():
     opt = model.configure_optimizers()["optimizer"]
     assert opt.param_groups[0]["weight_decay"] == 5e-4 and opt.param_groups[0]["momentum"] == 0.0
     assert lr_per_epoch(ConvNetModule(lr1=0.05, lr2=0.01, switch_fraction=0.5), 7) == pytest.approx(
-        [0.05] * 3 + [0.01] * 4, rel=1e-9  # floor(0.5 * 7) = 3 epochs at lr1
+        [0.05] * 3 + [0.01] * 4,
+        rel=1e-9,  # floor(0.5 * 7) = 3 epochs at lr1
     )
     assert lr_per_epoch(ConvNetModule(switch_fraction=1.0), 4) == pytest.approx([0.09] * 4)
     assert lr_per_epoch(ConvNetModule(switch_fraction=0.0), 4) == pytest.approx([0.001] * 4)
@@ -228,9 +229,16 @@ def fit(model, tmp_path, max_epochs: int, **data):
     dm = PairDataModule(**{"n_pairs": 200, "batch_size": 40, "seed": 0, **data})
     history = EpochHistory(["train/loss", "train/loss_main", "train/loss_digit1", "train/loss_digit2", "lr"], [])
     trainer = L.Trainer(
-        max_epochs=max_epochs, accelerator="cpu", devices=1, logger=False,
-        callbacks=[history], enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, num_sanity_val_steps=0, log_every_n_steps=1,
+        max_epochs=max_epochs,
+        accelerator="cpu",
+        devices=1,
+        logger=False,
+        callbacks=[history],
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        log_every_n_steps=1,
         default_root_dir=tmp_path,
     )
     trainer.fit(model, datamodule=dm)

@@ -20,12 +20,25 @@ def fake_sweep(root: Path, accs: dict[str, list[float]]) -> Path:
             d = root / f"{job:03d}"
             (d / ".hydra").mkdir(parents=True)
             (d / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n- seed={seed}\n")
-            (d / "metrics.json").write_text(json.dumps({
-                "status": "ok", "model": model, "seed": seed, "source": "idx", "val_acc": None, "test_acc": acc,
-                "train_acc": 1.0, "test_errors": round((1 - acc) * 1000), "n_test": 1000, "digit_acc": None,
-                "wall_time_s": 1.0, "epochs": 1,
-                "history": {"train/loss_main": [0.7], "curve/test_acc": [acc]},
-            }))
+            (d / "metrics.json").write_text(
+                json.dumps(
+                    {
+                        "status": "ok",
+                        "model": model,
+                        "seed": seed,
+                        "source": "idx",
+                        "val_acc": None,
+                        "test_acc": acc,
+                        "train_acc": 1.0,
+                        "test_errors": round((1 - acc) * 1000),
+                        "n_test": 1000,
+                        "digit_acc": None,
+                        "wall_time_s": 1.0,
+                        "epochs": 1,
+                        "history": {"train/loss_main": [0.7], "curve/test_acc": [acc]},
+                    }
+                )
+            )
             job += 1
     return root
 

@@ -23,8 +23,12 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 PARTITION = os.environ.get("DIGITPAIRS_SLURM_PARTITION", "debug")
 LAUNCHER = os.environ.get("DIGITPAIRS_SLURM_LAUNCHER", "digitpairs_slurm")  # submitit_slurm: see the old failures
-SLURM = [f"hydra/launcher={LAUNCHER}", f"hydra.launcher.partition={PARTITION}", "hydra.launcher.cpus_per_task=1",
-         "hydra.launcher.timeout_min=5"]
+SLURM = [
+    f"hydra/launcher={LAUNCHER}",
+    f"hydra.launcher.partition={PARTITION}",
+    "hydra.launcher.cpus_per_task=1",
+    "hydra.launcher.timeout_min=5",
+]
 SHORT = ["model=convnet", "trainer.max_epochs=2", "data.n_pairs=300"]
 LONG = ["model=convnet", "trainer.max_epochs=2000", "data.n_pairs=300", "trainer.enable_progress_bar=false"]
 
@@ -141,8 +145,22 @@ def test_scancel_and_time_limit_warning_leave_the_summary_with_killed_rows(tmp_p
 
 def test_time_limit_too_short_is_refused_before_submission(tmp_path):
     before = subprocess.run(["squeue", "-h", "-o", "%i"], capture_output=True, text=True, timeout=30).stdout
-    out = subprocess.run([sys.executable, "train.py", "-m", *SLURM, "hydra.launcher.timeout_min=1", *SHORT, "seed=0,1",
-                          f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            *SLURM,
+            "hydra.launcher.timeout_min=1",
+            *SHORT,
+            "seed=0,1",
+            f"hydra.sweep.dir={tmp_path / 'sweep'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 2, out.stderr[-2000:]
     assert out.stderr.strip().splitlines()[-1].startswith("error: hydra.launcher.timeout_min=1 is not allowed")
     assert not (tmp_path / "sweep").exists()

@@ -91,8 +91,10 @@ def check_study_outputs(sweep_dir: Path, models: list[str], seeds: int) -> list[
 
 
 def test_study_multirun_leaves_summary_report_and_figures(tmp_path):
-    out = sweep(["experiment=study", "model=convnet,ws_aux", "seed=0,1", "trainer.check_val_every_n_epoch=2", *FAST],
-                tmp_path / "sweep")
+    out = sweep(
+        ["experiment=study", "model=convnet,ws_aux", "seed=0,1", "trainer.check_val_every_n_epoch=2", *FAST],
+        tmp_path / "sweep",
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     rows = check_study_outputs(tmp_path / "sweep", ["convnet", "ws_aux"], 2)
     aux = [r for r in rows if r["model"] == "ws_aux"]
@@ -105,7 +107,9 @@ def test_study_multirun_leaves_summary_report_and_figures(tmp_path):
     conv_keys, conv_metrics, conv_test = hparams_of(tmp_path / "sweep" / by_model["convnet"]["job"])
     aux_keys, aux_metrics, aux_test = hparams_of(tmp_path / "sweep" / by_model["ws_aux"]["job"])
     assert conv_keys == aux_keys and {"model_name", "seed", "optim.lr1", "loss.alpha", "data.source"} <= conv_keys
-    assert conv_metrics == aux_metrics == set()  # a job declares no experiment: the sweep root does (test_tensorboard.py)
+    assert (
+        conv_metrics == aux_metrics == set()
+    )  # a job declares no experiment: the sweep root does (test_tensorboard.py)
     assert conv_test == pytest.approx(float(by_model["convnet"]["test_acc"]))
     # the test curve is recorded for the figure every 2nd epoch, the training loss every epoch
     job = json.loads((tmp_path / "sweep" / rows[0]["job"] / "metrics.json").read_text())
@@ -114,8 +118,15 @@ def test_study_multirun_leaves_summary_report_and_figures(tmp_path):
 
 
 def test_study_multirun_with_joblib_launcher(tmp_path):
-    args = ["experiment=study", "model=convnet,ws", "seed=0,1", "hydra/launcher=joblib",
-            "hydra.launcher.n_jobs=2", "threads=1", *FAST]
+    args = [
+        "experiment=study",
+        "model=convnet,ws",
+        "seed=0,1",
+        "hydra/launcher=joblib",
+        "hydra.launcher.n_jobs=2",
+        "threads=1",
+        *FAST,
+    ]
     out = sweep(args, tmp_path / "sweep")
     assert out.returncode == 0, out.stderr[-3000:]
     check_study_outputs(tmp_path / "sweep", ["convnet", "ws"], 2)
@@ -147,19 +158,37 @@ def test_report_by_hand_on_a_sweep_folder(tmp_path):
             d = tmp_path / str(job)
             (d / ".hydra").mkdir(parents=True)
             (d / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n- seed={seed}\n")
-            (d / "metrics.json").write_text(json.dumps({
-                "status": "ok", "model": model, "seed": seed, "source": "idx", "val_acc": None,
-                "test_acc": acc, "train_acc": 1.0, "test_errors": round((1 - acc) * 1000), "n_test": 1000,
-                "digit_acc": {"test": 0.95} if model == "ws_aux" else None, "wall_time_s": 1.0,
-                "rule_acc": {"comparator": {"test": acc}, "argmax": {"test": 0.96}, "prob": {"test": 0.97}}
-                if model == "ws_aux" else None,
-                "history": {"train/loss_main": [0.7, 0.5], "curve/test_acc": [acc - 0.1, acc]},
-            }))
+            (d / "metrics.json").write_text(
+                json.dumps(
+                    {
+                        "status": "ok",
+                        "model": model,
+                        "seed": seed,
+                        "source": "idx",
+                        "val_acc": None,
+                        "test_acc": acc,
+                        "train_acc": 1.0,
+                        "test_errors": round((1 - acc) * 1000),
+                        "n_test": 1000,
+                        "digit_acc": {"test": 0.95} if model == "ws_aux" else None,
+                        "wall_time_s": 1.0,
+                        "rule_acc": {"comparator": {"test": acc}, "argmax": {"test": 0.96}, "prob": {"test": 0.97}}
+                        if model == "ws_aux"
+                        else None,
+                        "history": {"train/loss_main": [0.7, 0.5], "curve/test_acc": [acc - 0.1, acc]},
+                    }
+                )
+            )
             job += 1
     (tmp_path / str(job) / ".hydra").mkdir(parents=True)
     (tmp_path / str(job) / ".hydra" / "overrides.yaml").write_text("- model=ws\n- seed=0\n")
-    out = subprocess.run([sys.executable, "-m", "digitpairs.sweeps.report", str(tmp_path)], cwd=ROOT,
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "digitpairs.sweeps.report", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     rows = read_csv(tmp_path / "summary.csv")
     assert [r["status"] for r in rows] == ["ok"] * 6 + ["missing"]
@@ -185,12 +214,27 @@ def test_ranking_uses_validation_not_test():
     """Config A wins on validation, config B on test: A must rank first."""
     rows = []
     for seed in (0, 1):
-        rows.append({"status": "ok", "model": "ws_aux", "config": "model=ws_aux optim.lr1=0.09",
-                     "val_acc": 0.97 + 0.01 * seed, "test_acc": 0.90})
-        rows.append({"status": "ok", "model": "ws_aux", "config": "model=ws_aux optim.lr1=0.27",
-                     "val_acc": 0.95, "test_acc": 0.99})
-    rows.append({"status": "failed", "model": "ws_aux", "config": "model=ws_aux optim.lr1=9", "val_acc": 0.99,
-                 "test_acc": 0.99})
+        rows.append(
+            {
+                "status": "ok",
+                "model": "ws_aux",
+                "config": "model=ws_aux optim.lr1=0.09",
+                "val_acc": 0.97 + 0.01 * seed,
+                "test_acc": 0.90,
+            }
+        )
+        rows.append(
+            {
+                "status": "ok",
+                "model": "ws_aux",
+                "config": "model=ws_aux optim.lr1=0.27",
+                "val_acc": 0.95,
+                "test_acc": 0.99,
+            }
+        )
+    rows.append(
+        {"status": "failed", "model": "ws_aux", "config": "model=ws_aux optim.lr1=9", "val_acc": 0.99, "test_acc": 0.99}
+    )
     ranking = rank(rows)
     assert [r["config"] for r in ranking] == ["model=ws_aux optim.lr1=0.09", "model=ws_aux optim.lr1=0.27"]
     assert ranking[0]["mean_val_acc"] == pytest.approx(0.975) and ranking[0]["n_seeds"] == 2
@@ -198,8 +242,14 @@ def test_ranking_uses_validation_not_test():
 
 
 def test_grid_ranks_on_validation_and_writes_best_line(tmp_path):
-    args = ["model=convnet", "optim.lr1=0.01,0.09", "seed=0,1", "data.val_fraction=0.2",
-            "trainer.enable_progress_bar=false", *FAST]
+    args = [
+        "model=convnet",
+        "optim.lr1=0.01,0.09",
+        "seed=0,1",
+        "data.val_fraction=0.2",
+        "trainer.enable_progress_bar=false",
+        *FAST,
+    ]
     out = sweep(args, tmp_path / "sweep")
     assert out.returncode == 0, out.stderr[-3000:]
     ranking = read_csv(tmp_path / "sweep" / "ranking.csv")
@@ -214,11 +264,21 @@ def test_grid_ranks_on_validation_and_writes_best_line(tmp_path):
 
 
 def test_two_sweeps_started_together_get_two_folders(tmp_path):
-    args = [sys.executable, "train.py", "-m", "model=convnet", "trainer.max_epochs=1", "data.n_pairs=50",
-            "data.val_fraction=0", "trainer.enable_progress_bar=false", "threads=1",
-            f"hydra.sweep.dir={tmp_path}/" + "${now:%Y-%m-%d_%H-%M-%S-%f}"]
-    procs = [subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-             for _ in range(2)]
+    args = [
+        sys.executable,
+        "train.py",
+        "-m",
+        "model=convnet",
+        "trainer.max_epochs=1",
+        "data.n_pairs=50",
+        "data.val_fraction=0",
+        "trainer.enable_progress_bar=false",
+        "threads=1",
+        f"hydra.sweep.dir={tmp_path}/" + "${now:%Y-%m-%d_%H-%M-%S-%f}",
+    ]
+    procs = [
+        subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
     for p in procs:
         assert p.wait(timeout=240) == 0, p.stderr.read()[-2000:]
     folders = sorted(p for p in tmp_path.iterdir() if p.is_dir())
@@ -228,8 +288,16 @@ def test_two_sweeps_started_together_get_two_folders(tmp_path):
 
 @pytest.mark.skipif(os.environ.get("DIGITPAIRS_SKIP_SUBMITIT") == "1", reason="asked to skip")
 def test_submitit_local_launcher(tmp_path):
-    args = ["model=convnet", "seed=0,1", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=5",
-            "threads=1", "data.val_fraction=0", "trainer.enable_progress_bar=false", *FAST]
+    args = [
+        "model=convnet",
+        "seed=0,1",
+        "hydra/launcher=submitit_local",
+        "hydra.launcher.timeout_min=5",
+        "threads=1",
+        "data.val_fraction=0",
+        "trainer.enable_progress_bar=false",
+        *FAST,
+    ]
     out = sweep(args, tmp_path / "sweep", timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     rows = read_csv(tmp_path / "sweep" / "summary.csv")

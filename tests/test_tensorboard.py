@@ -19,8 +19,15 @@ from conftest import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
 
-SWEEP = ["experiment=study", "model=convnet,ws", "seed=0,1", "trainer.max_epochs=2", "data.n_pairs=200",
-         "data.eval_batch_size=200", "threads=1"]
+SWEEP = [
+    "experiment=study",
+    "model=convnet,ws",
+    "seed=0,1",
+    "trainer.max_epochs=2",
+    "data.n_pairs=200",
+    "data.eval_batch_size=200",
+    "threads=1",
+]
 
 
 def free_port() -> int:
@@ -40,13 +47,21 @@ def get(url: str, body: dict | None = None):
 def served_sweep(tmp_path_factory):
     """(base URL, sweep folder, sweep output): the sweep above, with TensorBoard serving it."""
     sweep_dir = tmp_path_factory.mktemp("tb") / "sweep"
-    out = subprocess.run([sys.executable, "train.py", "-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}"],
-                         cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=240)
+    out = subprocess.run(
+        [sys.executable, "train.py", "-m", *SWEEP, f"hydra.sweep.dir={sweep_dir}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     port = free_port()
     tb = Path(sys.executable).with_name("tensorboard")
-    server = subprocess.Popen([str(tb), "--logdir", str(sweep_dir), "--host", "127.0.0.1", "--port", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [str(tb), "--logdir", str(sweep_dir), "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         for _ in range(120):  # TensorBoard needs a few seconds to start and load the runs
@@ -85,11 +100,16 @@ def test_hparams_tab_opens_on_the_varied_keys_then_the_metrics(served_sweep):
 def test_session_groups_hold_each_run_with_its_values(served_sweep):
     base, sweep_dir, _ = served_sweep
     statuses = ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_FAILURE", "STATUS_RUNNING"]
-    groups = get(f"{base}/data/plugin/hparams/session_groups",
-                 {"experimentName": "", "allowedStatuses": statuses, "colParams": [], "startIndex": 0,
-                  "sliceSize": 100})["sessionGroups"]
-    assert sorted(g["name"] for g in groups) == ["000/convnet/seed=00", "001/convnet/seed=01", "002/ws/seed=00",
-                                                 "003/ws/seed=01"]
+    groups = get(
+        f"{base}/data/plugin/hparams/session_groups",
+        {"experimentName": "", "allowedStatuses": statuses, "colParams": [], "startIndex": 0, "sliceSize": 100},
+    )["sessionGroups"]
+    assert sorted(g["name"] for g in groups) == [
+        "000/convnet/seed=00",
+        "001/convnet/seed=01",
+        "002/ws/seed=00",
+        "003/ws/seed=01",
+    ]
     for g in groups:
         job = sweep_dir / g["name"].split("/")[0]
         m = json.loads((job / "metrics.json").read_text())

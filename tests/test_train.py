@@ -23,7 +23,9 @@ DIGIT_ACC_FLOOR = 0.80  # digit heads, chance 0.1; lowest of 10 seeds measured: 
 
 def main_args() -> list[str]:
     return [
-        "model=ws_aux", f"trainer.max_epochs={EPOCHS}", "trainer.enable_progress_bar=false",
+        "model=ws_aux",
+        f"trainer.max_epochs={EPOCHS}",
+        "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
     ]
 
@@ -38,13 +40,16 @@ def twin_runs(tmp_path_factory):
     procs = [
         subprocess.Popen(
             [sys.executable, "train.py", *main_args(), "threads=1", f"hydra.run.dir={d / 'run'}"],
-            cwd=PROJECT_ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            cwd=PROJECT_ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         for d in dirs
     ]
     results = []
     try:
-        for proc, d in zip(procs, dirs):
+        for proc, d in zip(procs, dirs, strict=False):
             out, err = proc.communicate(timeout=300)
             results.append((proc.returncode, out, err, d / "run"))
     finally:
@@ -95,8 +100,13 @@ def test_single_run_tensorboard_opens_on_its_overrides(twin_runs):
     (exp,) = [d.experiment for d in data if d.HasField("experiment")]
     (start,) = [d.session_start_info for d in data if d.HasField("session_start_info")]
     first = [i.name for i in exp.hparam_infos if i.differs]
-    assert first == ["model_name", "trainer.max_epochs", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-                     "threads"]
+    assert first == [
+        "model_name",
+        "trainer.max_epochs",
+        "trainer.enable_progress_bar",
+        "trainer.enable_model_summary",
+        "threads",
+    ]
     infos = {i.name: i for i in exp.hparam_infos}
     assert infos["model.literal_softmax"].type == api_pb2.DATA_TYPE_BOOL
     assert start.hparams["model.literal_softmax"].WhichOneof("kind") == "bool_value"
@@ -148,9 +158,16 @@ def test_checkpoint_reproduces_the_reported_test_accuracy(twin_runs):
 
 def test_idx_source_run(tmp_path):
     result = run_train(
-        ["model=convnet", "data.source=idx", "data.root=data/mnist", "data.n_pairs=300",
-         "trainer.max_epochs=1", "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false",
-         "logger=none"],
+        [
+            "model=convnet",
+            "data.source=idx",
+            "data.root=data/mnist",
+            "data.n_pairs=300",
+            "trainer.max_epochs=1",
+            "trainer.enable_progress_bar=false",
+            "trainer.enable_model_summary=false",
+            "logger=none",
+        ],
         tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]

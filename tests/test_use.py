@@ -36,8 +36,15 @@ EVAL_ACC_FLOOR = 0.80  # 6-epoch ws_aux on 1000 fresh MNIST test pairs (seed 7)
 
 
 def base() -> list[str]:
-    return ["model=ws_aux", "trainer.max_epochs=6", "threads=1", "checkpoint_every=1",
-            "trainer.enable_progress_bar=false", "trainer.enable_model_summary=false", "logger=none"]
+    return [
+        "model=ws_aux",
+        "trainer.max_epochs=6",
+        "threads=1",
+        "checkpoint_every=1",
+        "trainer.enable_progress_bar=false",
+        "trainer.enable_model_summary=false",
+        "logger=none",
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +116,11 @@ def test_resume_longer_keeps_the_lr_schedule_and_warns_about_changed_keys(runs, 
         m = train(compose_config(args, tmp_path / "run"))
     assert m["epochs"] == 7
     assert m["history"]["lr"] == pytest.approx([0.09] * 3 + [0.001] * 4, rel=1e-6)  # as saved, not lr2=0.01
-    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and r.name == "digitpairs.training.resume"]
+    warnings = [
+        r.getMessage()
+        for r in caplog.records
+        if r.levelno == logging.WARNING and r.name == "digitpairs.training.resume"
+    ]
     assert any(w.startswith("resume: optim.lr2 differs from the checkpoint: 0.001 -> 0.01") for w in warnings), warnings
     assert any("trainer.max_epochs 6 -> 7" in w and "lr schedule stays" in w for w in warnings), warnings
     assert len(warnings) == 2, warnings
@@ -151,14 +162,17 @@ def test_resume_from_another_model_is_one_line(runs, tmp_path, capsys):
         run(cfg)
     assert exit_info.value.code == 2
     m = one_error_line(capsys.readouterr().err)
-    assert m["key"] == "ckpt_path" and m["allowed"].startswith("a checkpoint of model=convnet (ConvNetModule); it holds model=ws_aux")
+    assert m["key"] == "ckpt_path" and m["allowed"].startswith(
+        "a checkpoint of model=convnet (ConvNetModule); it holds model=ws_aux"
+    )
 
 
 def test_train_py_refuses_a_file_that_is_not_a_checkpoint(tmp_path):
     bad = tmp_path / "notes.ckpt"
     bad.write_text("not a checkpoint")
-    result = subprocess.run([sys.executable, "train.py", f"+ckpt_path={bad}"], cwd=PROJECT_ROOT,
-                            capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "train.py", f"+ckpt_path={bad}"], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 2
     m = one_error_line(result.stderr)
     assert (m["key"], m["value"]) == ("ckpt_path", repr(str(bad)))
@@ -193,8 +207,9 @@ def test_evaluate_a_sweep_folder_on_fresh_test_pairs(runs, tmp_path, capsys):
     sweep = tmp_path / "sweep"
     for job, name in enumerate(("full", "resumed")):
         shutil.copytree(runs[name][0], sweep / str(job))
-    records = evaluate(evaluate_cfg([f"ckpt_path={sweep}", "data.source=idx", f"data.root={IDX_DIR}", "seed=7"],
-                                    tmp_path / "ev"))
+    records = evaluate(
+        evaluate_cfg([f"ckpt_path={sweep}", "data.source=idx", f"data.root={IDX_DIR}", "seed=7"], tmp_path / "ev")
+    )
     assert [(r["source"], r["seed"]) for r in records] == [("idx", 7), ("idx", 7)]
     assert all(r["n_pairs"] == 1000 and r["acc"] >= EVAL_ACC_FLOOR for r in records), [r["acc"] for r in records]
     assert records[0]["acc"] == records[1]["acc"]  # the same weights
@@ -208,8 +223,13 @@ def test_evaluate_a_sweep_folder_on_fresh_test_pairs(runs, tmp_path, capsys):
 def test_evaluate_py_bad_input_is_one_line(tmp_path):
     empty = tmp_path / "sweep"
     empty.mkdir()
-    result = subprocess.run([sys.executable, "evaluate.py", f"ckpt_path={empty}", f"hydra.run.dir={tmp_path / 'ev'}"],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "evaluate.py", f"ckpt_path={empty}", f"hydra.run.dir={tmp_path / 'ev'}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 2
     m = one_error_line(result.stderr)
     assert m["key"] == "ckpt_path" and "this folder has none" in m["allowed"]
@@ -219,7 +239,12 @@ def test_evaluate_py_bad_input_is_one_line(tmp_path):
 def test_evaluate_bad_checkpoints(case, tmp_path, capsys):
     from digitpairs.inference.evaluate import run
 
-    path = {"none": None, "missing": tmp_path / "nope.ckpt", "text": tmp_path / "a.ckpt", "foreign": tmp_path / "b.ckpt"}[case]
+    path = {
+        "none": None,
+        "missing": tmp_path / "nope.ckpt",
+        "text": tmp_path / "a.ckpt",
+        "foreign": tmp_path / "b.ckpt",
+    }[case]
     (tmp_path / "a.ckpt").write_text("hello")
     torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1}}, tmp_path / "b.ckpt")
     cfg = evaluate_cfg([] if path is None else [f"ckpt_path={path}"], tmp_path / "ev")
@@ -243,7 +268,9 @@ def test_predict_example_pngs(runs, predict_main, capsys, tmp_path):
     two, seven = str(EXAMPLES / "two.png"), str(EXAMPLES / "seven_black_on_white.png")
     assert predict_main([ckpt, two, seven]) == 0
     captured = capsys.readouterr()
-    assert re.fullmatch(r"first: 2 \(p=0\.\d\d\)  second: 7 \(p=0\.\d\d\)  2 <= 7: yes \(p=0\.\d{3}\)\n", captured.out), captured.out
+    assert re.fullmatch(
+        r"first: 2 \(p=0\.\d\d\)  second: 7 \(p=0\.\d\d\)  2 <= 7: yes \(p=0\.\d{3}\)\n", captured.out
+    ), captured.out
     assert captured.err == "note: the second image has a light background: inverted to a white digit on black\n"
     # reversed, and the white-on-black 2 as black-on-white: the same digits, the other answer
     inverted = tmp_path / "two_inverted.png"
@@ -257,9 +284,20 @@ def test_predict_example_pngs(runs, predict_main, capsys, tmp_path):
 
 def test_predict_py_json(runs):
     ckpt = runs["full"][0] / "checkpoints" / "last.ckpt"
-    result = subprocess.run([sys.executable, "predict.py", str(ckpt), str(EXAMPLES / "two.png"),
-                             str(EXAMPLES / "seven_black_on_white.png"), "--json"],
-                            cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "predict.py",
+            str(ckpt),
+            str(EXAMPLES / "two.png"),
+            str(EXAMPLES / "seven_black_on_white.png"),
+            "--json",
+        ],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     assert (out["first"], out["second"], out["le"]) == (2, 7, 1) and out["p_le"] > 0.5

@@ -46,10 +46,18 @@ def find_checkpoints(path: str | Path) -> tuple[list[Path], bool]:
     if p.is_dir():
         if (p / "checkpoints" / "last.ckpt").is_file():
             return [p / "checkpoints" / "last.ckpt"], False
-        jobs = sorted(p.glob("*/checkpoints/last.ckpt"), key=lambda f: (not f.parts[-3].isdigit(), int(f.parts[-3]) if f.parts[-3].isdigit() else 0, f.parts[-3]))
+        jobs = sorted(
+            p.glob("*/checkpoints/last.ckpt"),
+            key=lambda f: (not f.parts[-3].isdigit(), int(f.parts[-3]) if f.parts[-3].isdigit() else 0, f.parts[-3]),
+        )
         if jobs:
             return jobs, True
-        raise ConfigError("ckpt_path", str(path), "a checkpoint file, a run folder or a sweep folder holding <job>/checkpoints/last.ckpt; this folder has none")
+        raise ConfigError(
+            "ckpt_path",
+            str(path),
+            "a checkpoint file, a run folder or a sweep folder holding <job>/checkpoints/last.ckpt; "
+            "this folder has none",
+        )
     raise ConfigError("ckpt_path", str(path), "an existing checkpoint file, run folder or sweep folder")
 
 
@@ -81,8 +89,13 @@ def predict(model, x: torch.Tensor, precision: str, batch_size: int = 1000) -> t
     from torch.utils.data import DataLoader
 
     trainer = L.Trainer(
-        accelerator="auto", devices=1, precision=precision, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False,
+        accelerator="auto",
+        devices=1,
+        precision=precision,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
     )
     out = trainer.predict(model, dataloaders=DataLoader(x, batch_size=batch_size))
     logits = torch.cat([o[0].float() for o in out])
@@ -122,7 +135,9 @@ def evaluate_one(ckpt_file: Path, data: DictConfig, root: str, seed: int | None)
     use_seed = about["seed"] if seed is None else seed
     x, target, classes, resolved = test_pairs(data.source, root, data.n_pairs, use_seed, mean, std)
     logits, digit_logits = predict(model, x, about["precision"], data.eval_batch_size)
-    rules = {name: (p == target).float().mean().item() for name, p in decision_rules(model, logits, digit_logits).items()}
+    rules = {
+        name: (p == target).float().mean().item() for name, p in decision_rules(model, logits, digit_logits).items()
+    }
     pred = model.predict_target(logits, digit_logits)  # the model's own decision rule (model.decision)
     own = own_metrics(ckpt_file)
     return {
@@ -149,8 +164,11 @@ def line(r: dict[str, Any]) -> str:
     own = "" if r["own_test_acc"] is None else f"; its own test {100 * r['own_test_acc']:.2f} %"
     digit = "" if r["digit_acc"] is None else f", digit accuracy {100 * r['digit_acc']:.2f} %"
     rules = "".join(f", rule {k} {100 * v:.2f} %" for k, v in r["rules"].items() if len(r["rules"]) > 1)
-    return (f"{r['checkpoint']}: {r['model']} seed {r['trained_seed']} ({r['trained_source']}) on {r['n_pairs']} {r['source']} "
-            f"test pairs (seed {r['seed']}): accuracy {100 * r['acc']:.2f} % ({r['errors']} errors){digit}{rules}{own}")
+    return (
+        f"{r['checkpoint']}: {r['model']} seed {r['trained_seed']} ({r['trained_source']}) "
+        f"on {r['n_pairs']} {r['source']} "
+        f"test pairs (seed {r['seed']}): accuracy {100 * r['acc']:.2f} % ({r['errors']} errors){digit}{rules}{own}"
+    )
 
 
 def summarise(records: list[dict[str, Any]], out_dir: Path, sweep: Path) -> str:
@@ -165,7 +183,23 @@ def summarise(records: list[dict[str, Any]], out_dir: Path, sweep: Path) -> str:
     rows = []
     for r in records:
         row = {"job": Path(r["checkpoint"]).parts[-3]}
-        row.update({k: r[k] for k in ("model", "trained_seed", "trained_source", "own_test_acc", "source", "seed", "n_pairs", "acc", "errors", "digit_acc")})
+        row.update(
+            {
+                k: r[k]
+                for k in (
+                    "model",
+                    "trained_seed",
+                    "trained_source",
+                    "own_test_acc",
+                    "source",
+                    "seed",
+                    "n_pairs",
+                    "acc",
+                    "errors",
+                    "digit_acc",
+                )
+            }
+        )
         row.update({f"rule_{k}": v for k, v in r["rules"].items()})
         rows.append(row)
     columns = list(dict.fromkeys(k for row in rows for k in row))
@@ -185,16 +219,20 @@ def summarise(records: list[dict[str, Any]], out_dir: Path, sweep: Path) -> str:
         by_model[row["model"]].append(row)
     sources = ", ".join(sorted({str(row["trained_source"]) for row in rows if row["trained_source"] is not None}))
     lines = [
-        f"# Evaluation of {sweep}", "",
+        f"# Evaluation of {sweep}",
+        "",
         f"Test pairs: {rows[0]['n_pairs']} per checkpoint from `{rows[0]['source']}`, each checkpoint's own "
-        f"normalisation; trained on `{sources}`. Accuracy in %, mean ± sample std over the jobs.", "",
+        f"normalisation; trained on `{sources}`. Accuracy in %, mean ± sample std over the jobs.",
+        "",
         "| model | jobs | own test pairs (sweep) | these test pairs | difference | digit accuracy |",
         "|---|---|---|---|---|---|",
     ]
     for model, g in by_model.items():
         own, acc = [row["own_test_acc"] for row in g], [row["acc"] for row in g]
-        diff = [a - o for a, o in zip(acc, own) if o is not None]
-        lines.append(f"| `{model}` | {len(g)} | {ms(own)} | {ms(acc)} | {ms(diff)} pp | {ms([row['digit_acc'] for row in g])} |")
+        diff = [a - o for a, o in zip(acc, own, strict=False) if o is not None]
+        lines.append(
+            f"| `{model}` | {len(g)} | {ms(own)} | {ms(acc)} | {ms(diff)} pp | {ms([row['digit_acc'] for row in g])} |"
+        )
     text = "\n".join(lines) + "\n"
     (out_dir / "report.md").write_text(text)
     return text
@@ -239,4 +277,3 @@ def run(cfg: DictConfig) -> list[dict[str, Any]]:
     """:func:`evaluate` with bad input reported as one line on stderr, exit 2."""
     with one_line_errors():
         return evaluate(cfg)
-

@@ -54,11 +54,13 @@ def mnist_frame(grey: np.ndarray, key: str = "image", value: str = "?") -> tuple
         raise ConfigError(key, value, f"an {IMAGE}; no digit stands out from its background")
     a = a * (255.0 / a.max())
     rows, cols = np.nonzero(a > INK * 255)
-    crop = torch.from_numpy(a[rows.min(): rows.max() + 1, cols.min(): cols.max() + 1].copy())
+    crop = torch.from_numpy(a[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1].copy())
     h, w = crop.shape
     scale = 20.0 / max(h, w)
     size = (max(1, round(h * scale)), max(1, round(w * scale)))
-    box = F.interpolate(crop[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)[0, 0].clamp(0, 255)
+    box = F.interpolate(crop[None, None], size=size, mode="bilinear", antialias=True, align_corners=False)[0, 0].clamp(
+        0, 255
+    )
     frame = torch.zeros(28, 28)
     total = box.sum()
     ys, xs = torch.arange(size[0], dtype=torch.float32), torch.arange(size[1], dtype=torch.float32)
@@ -66,7 +68,7 @@ def mnist_frame(grey: np.ndarray, key: str = "image", value: str = "?") -> tuple
     # MNIST's centre of mass lies at pixel index (14.0, 14.0) on average (2000 test digits: 13.99, 14.00)
     top = int(min(max(round(14 - cy.item()), 0), 28 - size[0]))
     left = int(min(max(round(14 - cx.item()), 0), 28 - size[1]))
-    frame[top: top + size[0], left: left + size[1]] = box
+    frame[top : top + size[0], left : left + size[1]] = box
     return frame, inverted
 
 
@@ -141,7 +143,9 @@ def human_line(r: dict[str, Any]) -> str:
     if r["first"] is None:
         return f"first <= second: {answer}"
     p1, p2 = r["first_probs"][r["first"]], r["second_probs"][r["second"]]
-    return f"first: {r['first']} (p={p1:.2f})  second: {r['second']} (p={p2:.2f})  {r['first']} <= {r['second']}: {answer}"
+    return (
+        f"first: {r['first']} (p={p1:.2f})  second: {r['second']} (p={p2:.2f})  {r['first']} <= {r['second']}: {answer}"
+    )
 
 
 def load_model(path: str):

@@ -297,16 +297,26 @@ class PairModule(L.LightningModule):
         switch = math.floor(hp.switch_fraction * self.trainer.max_epochs)
         if switch == 0 and hp.switch_fraction > 0 and hp.lr1 != hp.lr2 and hp.get("schedule", "step") == "step":
             log.warning(
-                "optim.switch_fraction=%s x trainer.max_epochs=%s < 1 epoch: lr1 is never used, every epoch runs at lr2=%s",
-                hp.switch_fraction, self.trainer.max_epochs, hp.lr2,
+                "optim.switch_fraction=%s x trainer.max_epochs=%s < 1 epoch: lr1 is never used, "
+                "every epoch runs at lr2=%s",
+                hp.switch_fraction,
+                self.trainer.max_epochs,
+                hp.lr2,
             )
         nesterov = hp.get("nesterov", False)
         opt = torch.optim.SGD(
-            self.parameters(), lr=hp.lr1, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=nesterov,
+            self.parameters(),
+            lr=hp.lr1,
+            momentum=hp.momentum,
+            weight_decay=hp.weight_decay,
+            nesterov=nesterov,
         )
         if hp.get("schedule", "step") == "onecycle":
             sched = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=hp.lr1, total_steps=int(self.trainer.estimated_stepping_batches), cycle_momentum=False,
+                opt,
+                max_lr=hp.lr1,
+                total_steps=int(self.trainer.estimated_stepping_batches),
+                cycle_momentum=False,
             )
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=[switch], gamma=hp.lr2 / hp.lr1)

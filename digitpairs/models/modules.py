@@ -92,7 +92,9 @@ class WSAuxModule(WSModule):
     has_aux = True
     loss_terms = ("main", "digit1", "digit2")
 
-    def __init__(self, alpha: float = 0.75, weight_sharing: bool = True, decision: str = "comparator", **kwargs) -> None:
+    def __init__(
+        self, alpha: float = 0.75, weight_sharing: bool = True, decision: str = "comparator", **kwargs
+    ) -> None:
         require_number("loss.alpha", alpha, 0)
         require_choice("model.decision", decision, RULES)
         super().__init__(weight_sharing=weight_sharing, **kwargs)

@@ -139,10 +139,17 @@ class WideConvNet(nn.Sequential):
     def __init__(self, c_in: int, k: int, p_drop: float = 0.3) -> None:
         _check_trunk(type(self).__name__, c_in, k, p_drop)
         super().__init__(
-            *_conv_bn_relu(c_in, 32), *_conv_bn_relu(32, 32), nn.MaxPool2d(2),
-            *_conv_bn_relu(32, 64), *_conv_bn_relu(64, 64), nn.MaxPool2d(2),
-            *_conv_bn_relu(64, 128), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-            Dropout(p_drop), nn.Linear(128, k),
+            *_conv_bn_relu(c_in, 32),
+            *_conv_bn_relu(32, 32),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(32, 64),
+            *_conv_bn_relu(64, 64),
+            nn.MaxPool2d(2),
+            *_conv_bn_relu(64, 128),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
+            Dropout(p_drop),
+            nn.Linear(128, k),
         )
 
 
@@ -173,9 +180,20 @@ class CompactConvNet(nn.Sequential):
     def __init__(self, c_in: int, k: int, p_drop: float = 0.3) -> None:
         _check_trunk(type(self).__name__, c_in, k, p_drop)
         super().__init__(
-            nn.Conv2d(c_in, 32, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(32), nn.ReLU(),
-            nn.Conv2d(32, 64, 3, padding=1, bias=False), nn.MaxPool2d(2), nn.BatchNorm2d(64), nn.ReLU(),
-            nn.Flatten(), nn.Linear(576, 128), nn.BatchNorm1d(128), nn.ReLU(), Dropout(p_drop), nn.Linear(128, k),
+            nn.Conv2d(c_in, 32, 3, padding=1, bias=False),
+            nn.MaxPool2d(2),
+            nn.BatchNorm2d(32),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1, bias=False),
+            nn.MaxPool2d(2),
+            nn.BatchNorm2d(64),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(576, 128),
+            nn.BatchNorm1d(128),
+            nn.ReLU(),
+            Dropout(p_drop),
+            nn.Linear(128, k),
         )
 
 

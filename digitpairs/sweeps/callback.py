@@ -37,5 +37,8 @@ class SweepSummary(Callback):
         failed = [r for r in rows if r["status"] != "ok"]
         if failed and self.fail_on_error:
             first = failed[0]
-            exit_with(f"{len(failed)} of {len(rows)} jobs failed (job {first['job']}: {first['error']}); "
-                      f"see {sweep_dir / 'summary.csv'}", code=1)
+            exit_with(
+                f"{len(failed)} of {len(rows)} jobs failed (job {first['job']}: {first['error']}); "
+                f"see {sweep_dir / 'summary.csv'}",
+                code=1,
+            )

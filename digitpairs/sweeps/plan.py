@@ -40,8 +40,9 @@ def _value(args: list[str], key: str) -> str | None:
     return values[-1] if values else None
 
 
-def plan(cores: int | None = None, cuda: bool | None = None, amx_bf16: bool | None = None,
-         args: list[str] | None = None) -> str:
+def plan(
+    cores: int | None = None, cuda: bool | None = None, amx_bf16: bool | None = None, args: list[str] | None = None
+) -> str:
     """The overrides, as one line.
 
     Args:
@@ -70,8 +71,11 @@ def plan(cores: int | None = None, cuda: bool | None = None, amx_bf16: bool | No
     jobs = min(cores, 4) if cuda else cores
     jobs = int(_value(args, "hydra.launcher.n_jobs") or jobs)
     threads = max(1, cores // jobs)
-    line = f"hydra/launcher=joblib hydra.launcher.n_jobs={jobs}" if _value(args, "hydra.launcher.n_jobs") is None \
+    line = (
+        f"hydra/launcher=joblib hydra.launcher.n_jobs={jobs}"
+        if _value(args, "hydra.launcher.n_jobs") is None
         else "hydra/launcher=joblib"
+    )
     if _value(args, "threads") is None:
         line += f" threads={threads}"
     if amx_bf16 and not cuda and _value(args, "trainer.precision") is None:

@@ -13,7 +13,8 @@ Writes into the sweep folder (and runs automatically at the end of ``experiment=
 - ``boxplot.png``: test accuracy per model over the runs (the study's Fig. 3).
 - ``curves.png``: train loss (the comparison's cross-entropy, without aux terms, so
   that models compare; geometric mean and ±1 std of its log) and test accuracy per
-  epoch (mean, ±1 std band clipped to [0, 100] %), one line per model (the study's Fig. 2). The per-epoch test accuracy comes from
+  epoch (mean, ±1 std band clipped to [0, 100] %), one line per model (the study's Fig. 2).
+  The per-epoch test accuracy comes from
   ``data.test_curve=true`` and is drawn only; nothing is chosen with it.
 """
 
@@ -71,8 +72,14 @@ def describe(values: list[float]) -> dict[str, float]:
     std = statistics.stdev(values) if n > 1 else math.nan
     half = stats.t.ppf(0.975, n - 1) * std / math.sqrt(n) if n > 1 else math.nan
     return {
-        "n": n, "mean": mean, "std": std, "ci_low": mean - half, "ci_high": mean + half,
-        "min": min(values), "median": statistics.median(values), "max": max(values),
+        "n": n,
+        "mean": mean,
+        "std": std,
+        "ci_low": mean - half,
+        "ci_high": mean + half,
+        "min": min(values),
+        "median": statistics.median(values),
+        "max": max(values),
     }
 
 
@@ -133,7 +140,8 @@ def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, lis
         rules = [[100 * r.get(f"test_acc_{rule}", math.nan) for r in runs] for rule in ("comparator", "argmax", "prob")]
         rules_cell = " / ".join(_fmt(statistics.fmean(v)) for v in rules) if not math.isnan(rules[0][0]) else "-"
         lines.append(
-            f"| {label} | {d['n']} | {_fmt(d['mean'])} ± {_fmt(d['std'])} | [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}] "
+            f"| {label} | {d['n']} | {_fmt(d['mean'])} ± {_fmt(d['std'])} "
+            f"| [{_fmt(d['ci_low'])}, {_fmt(d['ci_high'])}] "
             f"| {_fmt(d['min'])} | {_fmt(d['median'])} | {_fmt(d['max'])} | {_fmt(errors, 1)} "
             f"| {_fmt(statistics.fmean(digits)) if digits else '-'} | {rules_cell} "
             f"| {f'{ref[0]:.2f} ± {ref[1]:.2f}' if ref else '-'} |"
@@ -212,8 +220,16 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
             ax.scatter(i + rng.uniform(-0.12, 0.12, len(values)), values, s=10, alpha=0.6, color="tab:blue", zorder=3)
             ref = STUDY.get(labels[i - 1])
             if ref:
-                ax.errorbar(i + 0.3, ref[0], yerr=ref[1], fmt="D", color="tab:red", ms=5, capsize=3,
-                            label="study: mean ± std" if i == 1 or not ax.get_legend_handles_labels()[0] else None)
+                ax.errorbar(
+                    i + 0.3,
+                    ref[0],
+                    yerr=ref[1],
+                    fmt="D",
+                    color="tab:red",
+                    ms=5,
+                    capsize=3,
+                    label="study: mean ± std" if i == 1 or not ax.get_legend_handles_labels()[0] else None,
+                )
         if ax.get_legend_handles_labels()[0]:
             ax.legend(loc="lower right")
     ax.set_ylabel("test accuracy (%)")
@@ -224,7 +240,10 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
-    for (key, ax, ylabel, scale) in (("train/loss_main", axes[0], "train loss", 1), ("curve/test_acc", axes[1], "test accuracy (%)", 100)):
+    for key, ax, ylabel, scale in (
+        ("train/loss_main", axes[0], "train loss", 1),
+        ("curve/test_acc", axes[1], "test accuracy (%)", 100),
+    ):
         drawn = False
         for label in labels:
             series = _histories(sweep_dir, groups[label], key)
@@ -241,7 +260,12 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
             mean, low, high = mean_band(arr, log_scale=log_scale, limits=None if log_scale else (0.0, 100.0))
             epochs = np.arange(1, n + 1)
             keep = np.isfinite(mean)  # the test curve may be evaluated every k epochs only
-            ax.plot(epochs[keep], mean[keep], marker="." if not keep.all() else None, label=f"{label_shown} ({len(series)} runs)")
+            ax.plot(
+                epochs[keep],
+                mean[keep],
+                marker="." if not keep.all() else None,
+                label=f"{label_shown} ({len(series)} runs)",
+            )
             ax.fill_between(epochs[keep], low[keep], high[keep], alpha=0.2)
             drawn = True
         ax.set_xlabel("epoch")
@@ -250,8 +274,14 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
         if drawn:
             ax.legend()
         else:
-            ax.text(0.5, 0.5, f"no '{key}' history\n(test curve: data.test_curve=true)", ha="center", va="center",
-                    transform=ax.transAxes)
+            ax.text(
+                0.5,
+                0.5,
+                f"no '{key}' history\n(test curve: data.test_curve=true)",
+                ha="center",
+                va="center",
+                transform=ax.transAxes,
+            )
     axes[0].set_yscale("log")
     axes[0].set_title("Training loss: the comparison's CE, else the digit losses (geometric mean ± std)", fontsize=9)
     axes[1].set_title("Test accuracy per epoch (for the figure only)")
@@ -298,7 +328,9 @@ def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> P
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
-        sys.exit("usage: python -m digitpairs.sweeps.report <sweep folder>\n" + __doc__.split("\n\n", 2)[2].split("\n\n")[0])
+        sys.exit(
+            "usage: python -m digitpairs.sweeps.report <sweep folder>\n" + __doc__.split("\n\n", 2)[2].split("\n\n")[0]
+        )
     try:
         build_report(Path(sys.argv[1]))
     except FileNotFoundError as err:

@@ -57,14 +57,17 @@ def check_time_limit(timeout_min: Any, signal_delay_s: Any, min_work_s: int = MI
             (minutes): submitit's warning comes hydra.launcher.signal_delay_s=120 s before
             the limit and a job needs 60 s before it; or lower signal_delay_s``.
     """
-    for key, value, low in (("hydra.launcher.timeout_min", timeout_min, 1),
-                            ("hydra.launcher.signal_delay_s", signal_delay_s, 0)):
+    for key, value, low in (
+        ("hydra.launcher.timeout_min", timeout_min, 1),
+        ("hydra.launcher.signal_delay_s", signal_delay_s, 0),
+    ):
         if not isinstance(value, int) or isinstance(value, bool) or value < low:
             raise ConfigError(key, value, f"an integer >= {low}")
     if timeout_min * 60 < signal_delay_s + min_work_s:
         need = math.ceil((signal_delay_s + min_work_s) / 60)
         raise ConfigError(
-            "hydra.launcher.timeout_min", timeout_min,
+            "hydra.launcher.timeout_min",
+            timeout_min,
             f"an integer >= {need} (minutes): submitit's warning signal comes hydra.launcher.signal_delay_s="
             f"{signal_delay_s} s before the limit and a job needs {min_work_s} s before it; or lower signal_delay_s",
         )

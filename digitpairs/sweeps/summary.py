@@ -29,9 +29,27 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "job", "status", "model", "seed", "source", "epochs", "precision", "config", "val_acc", "test_acc", "train_acc",
-    "test_errors", "n_test", "digit_acc", "val_digit_acc", "test_acc_comparator", "test_acc_argmax", "test_acc_prob",
-    "wall_time_s", "overrides", "error",
+    "job",
+    "status",
+    "model",
+    "seed",
+    "source",
+    "epochs",
+    "precision",
+    "config",
+    "val_acc",
+    "test_acc",
+    "train_acc",
+    "test_errors",
+    "n_test",
+    "digit_acc",
+    "val_digit_acc",
+    "test_acc_comparator",
+    "test_acc_argmax",
+    "test_acc_prob",
+    "wall_time_s",
+    "overrides",
+    "error",
 ]
 RULES = ("comparator", "argmax", "prob")  # decision rules of models with digit heads (digitpairs.models.rules)
 
@@ -52,7 +70,14 @@ def _float(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-NOT_CONFIG = ("seed=", "experiment=", "hydra", "threads=", "cpu.", "trainer.enable_progress_bar=")  # not hyperparameters: seeds and run settings
+NOT_CONFIG = (
+    "seed=",
+    "experiment=",
+    "hydra",
+    "threads=",
+    "cpu.",
+    "trainer.enable_progress_bar=",
+)  # not hyperparameters: seeds and run settings
 
 
 def config_key(overrides: list[str]) -> str:
@@ -73,27 +98,29 @@ def collect(sweep_dir: Path) -> list[dict[str, Any]]:
         m = json.loads(path.read_text()) if path.is_file() else {"status": "missing", "error": "no metrics.json"}
         digit = m.get("digit_acc") or {}
         rule_acc = m.get("rule_acc") or {}
-        rows.append({
-            "job": job_dir.name,
-            "status": m.get("status", "missing"),
-            "model": m.get("model") or next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), ""),
-            "seed": m.get("seed", ""),
-            "source": m.get("source", ""),
-            "epochs": m.get("epochs", ""),
-            "precision": m.get("precision", ""),
-            "config": config_key(overrides),
-            "val_acc": _float(m.get("val_acc")),
-            "test_acc": _float(m.get("test_acc")),
-            "train_acc": _float(m.get("train_acc")),
-            "test_errors": m.get("test_errors", ""),
-            "n_test": m.get("n_test", ""),
-            "digit_acc": _float(digit.get("test")),
-            "val_digit_acc": _float(digit.get("val")),
-            **{f"test_acc_{rule}": _float((rule_acc.get(rule) or {}).get("test")) for rule in RULES},
-            "wall_time_s": _float(m.get("wall_time_s")),
-            "overrides": " ".join(overrides),
-            "error": m.get("error", ""),
-        })
+        rows.append(
+            {
+                "job": job_dir.name,
+                "status": m.get("status", "missing"),
+                "model": m.get("model") or next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), ""),
+                "seed": m.get("seed", ""),
+                "source": m.get("source", ""),
+                "epochs": m.get("epochs", ""),
+                "precision": m.get("precision", ""),
+                "config": config_key(overrides),
+                "val_acc": _float(m.get("val_acc")),
+                "test_acc": _float(m.get("test_acc")),
+                "train_acc": _float(m.get("train_acc")),
+                "test_errors": m.get("test_errors", ""),
+                "n_test": m.get("n_test", ""),
+                "digit_acc": _float(digit.get("test")),
+                "val_digit_acc": _float(digit.get("val")),
+                **{f"test_acc_{rule}": _float((rule_acc.get(rule) or {}).get("test")) for rule in RULES},
+                "wall_time_s": _float(m.get("wall_time_s")),
+                "overrides": " ".join(overrides),
+                "error": m.get("error", ""),
+            }
+        )
     return rows
 
 
@@ -110,7 +137,10 @@ def rank(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     ranked = sorted(groups.items(), key=lambda kv: -statistics.fmean(kv[1]))
     return [
         {
-            "rank": i + 1, "model": model, "config": config, "n_seeds": len(vals),
+            "rank": i + 1,
+            "model": model,
+            "config": config,
+            "n_seeds": len(vals),
             "mean_val_acc": statistics.fmean(vals),
             "std_val_acc": statistics.stdev(vals) if len(vals) > 1 else math.nan,
         }
@@ -122,7 +152,9 @@ def best_overrides(ranking: list[dict[str, Any]]) -> dict[str, str]:
     """Per model, the override line of its best-ranked configuration."""
     best: dict[str, str] = {}
     for r in ranking:
-        best.setdefault(r["model"], r["config"] if "model=" in r["config"] else f"model={r['model']} {r['config']}".strip())
+        best.setdefault(
+            r["model"], r["config"] if "model=" in r["config"] else f"model={r['model']} {r['config']}".strip()
+        )
     return best
 
 
@@ -140,12 +172,16 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = collect(sweep_dir)
     _write_csv(sweep_dir / "summary.csv", rows, COLUMNS)
     ranking = rank(rows)
-    _write_csv(sweep_dir / "ranking.csv", ranking, ["rank", "model", "config", "n_seeds", "mean_val_acc", "std_val_acc"])
+    _write_csv(
+        sweep_dir / "ranking.csv", ranking, ["rank", "model", "config", "n_seeds", "mean_val_acc", "std_val_acc"]
+    )
     lines = [f"{model}: {line}" for model, line in best_overrides(ranking).items()]
     if not lines:
         lines = ["# no validation accuracy in this sweep (data.val_fraction=0?): nothing is ranked"]
     (sweep_dir / "best_overrides.txt").write_text(
-        "# best configuration per model, by mean validation accuracy over seeds (never by test)\n" + "\n".join(lines) + "\n"
+        "# best configuration per model, by mean validation accuracy over seeds (never by test)\n"
+        + "\n".join(lines)
+        + "\n"
     )
     failed = [r for r in rows if r["status"] != "ok"]
     log.info("sweep summary: %d jobs, %d failed -> %s", len(rows), len(failed), sweep_dir / "summary.csv")
@@ -157,5 +193,8 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
 if __name__ == "__main__":
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
-        sys.exit("usage: python -m digitpairs.sweeps.summary <sweep folder>\n(re)writes summary.csv, ranking.csv, best_overrides.txt")
+        sys.exit(
+            "usage: python -m digitpairs.sweeps.summary <sweep folder>\n"
+            "(re)writes summary.csv, ranking.csv, best_overrides.txt"
+        )
     write_summary(Path(sys.argv[1]))

@@ -98,7 +98,9 @@ class EpochLog(L.Callback):
             series = self.history.history.get(key, [])
             if len(series) >= done and not math.isnan(series[done - 1]):
                 parts.append(f"{key} {fmt.format(series[done - 1])}")
-        logging.getLogger("digitpairs.training.task").info("epoch %d/%d: %s", done, trainer.max_epochs, ", ".join(parts))
+        logging.getLogger("digitpairs.training.task").info(
+            "epoch %d/%d: %s", done, trainer.max_epochs, ", ".join(parts)
+        )
 
     on_train_epoch_start = _log
     on_train_end = _log

@@ -84,8 +84,9 @@ def model_class(ckpt: dict[str, Any], key: str = "ckpt_path", value: str = "?") 
     name = _class_name(ckpt)
     if name not in MODEL_CLASSES:
         recorded = (ckpt.get(KEY) or {}).get("class", name)
-        raise ConfigError(key, value, f"{EXPECTED}; it holds a model of class {recorded}, not one of "
-                          f"{', '.join(MODEL_CLASSES)}")
+        raise ConfigError(
+            key, value, f"{EXPECTED}; it holds a model of class {recorded}, not one of {', '.join(MODEL_CLASSES)}"
+        )
     return MODEL_CLASSES[name]
 
 

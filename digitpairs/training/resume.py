@@ -128,11 +128,16 @@ class LastCheckpoint(Checkpoint):
             print(
                 f"interrupted in epoch {trainer.current_epoch + 1} of {trainer.max_epochs}; "
                 f"{path} holds epoch {self.saved_epochs}. Resume: {resume_command(path)}",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
+                flush=True,
             )
         else:
-            print(f"interrupted in epoch {trainer.current_epoch + 1} of {trainer.max_epochs}, before any "
-                  "checkpoint was saved: nothing to resume", file=sys.stderr, flush=True)
+            print(
+                f"interrupted in epoch {trainer.current_epoch + 1} of {trainer.max_epochs}, before any "
+                "checkpoint was saved: nothing to resume",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def resume_command(ckpt: Path) -> str:
@@ -143,8 +148,13 @@ def resume_command(ckpt: Path) -> str:
 
 # hyperparameter name -> the config key a user types
 _MODEL_KEYS = {
-    "lr1": "optim.lr1", "lr2": "optim.lr2", "weight_decay": "optim.weight_decay", "momentum": "optim.momentum",
-    "switch_fraction": "optim.switch_fraction", "gamma": "loss.gamma", "alpha": "loss.alpha",
+    "lr1": "optim.lr1",
+    "lr2": "optim.lr2",
+    "weight_decay": "optim.weight_decay",
+    "momentum": "optim.momentum",
+    "switch_fraction": "optim.switch_fraction",
+    "gamma": "loss.gamma",
+    "alpha": "loss.alpha",
 }
 _RESTORED = {"optim.lr1", "optim.lr2", "optim.weight_decay", "optim.momentum", "optim.switch_fraction"}
 
@@ -161,14 +171,19 @@ def compare_hparams(model: L.LightningModule, datamodule: L.LightningDataModule,
     resolved = (ckpt.get(ckpt_io.DATA_STATE_KEY) or {}).get("resolved_source")
     if resolved and datamodule.hparams.get("source") == resolved:
         old_data["source"] = resolved  # data.source=auto, pinned to what auto found: no change
-    pairs = [(model.hparams, ckpt.get("hyper_parameters") or {}, lambda k: _MODEL_KEYS.get(k, f"model.{k}")),
-             (datamodule.hparams, old_data,
-              lambda k: "seed" if k == "seed" else f"data.{k}")]
+    pairs = [
+        (model.hparams, ckpt.get("hyper_parameters") or {}, lambda k: _MODEL_KEYS.get(k, f"model.{k}")),
+        (datamodule.hparams, old_data, lambda k: "seed" if k == "seed" else f"data.{k}"),
+    ]
     for new, old, key_of in pairs:
         for name in sorted(set(new) | set(old)):
             if name in old and name in new and old[name] != new[name]:
                 key = key_of(name)
-                note = " (the optimiser and lr schedule are restored as saved: this value is not used)" if key in _RESTORED else ""
+                note = (
+                    " (the optimiser and lr schedule are restored as saved: this value is not used)"
+                    if key in _RESTORED
+                    else ""
+                )
                 lines.append(f"{key}: {old[name]!r} -> {new[name]!r}{note}")
     return lines
 
@@ -188,20 +203,27 @@ def check_resume(cfg, model: L.LightningModule, datamodule: L.LightningDataModul
     about = ckpt_io.info(ckpt)
     if about["model"] != cfg.model_name or ckpt_io.model_class(ckpt, value=path) is not type(model):
         raise ConfigError(
-            "ckpt_path", path,
+            "ckpt_path",
+            path,
             f"a checkpoint of model={cfg.model_name} ({type(model).__name__}); it holds model={about['model']} "
             f"(resume it with model={about['model']}, or leave model= out)",
         )
     done, max_epochs = about["epochs"], cfg.trainer.max_epochs
     if max_epochs <= done:
-        raise ConfigError("trainer.max_epochs", max_epochs, f"an integer > {done}, the epochs this checkpoint has trained")
+        raise ConfigError(
+            "trainer.max_epochs", max_epochs, f"an integer > {done}, the epochs this checkpoint has trained"
+        )
     for line in compare_hparams(model, datamodule, ckpt):
         log.warning("resume: %s differs from the checkpoint: %s", line.split(":", 1)[0], line.split(": ", 1)[1])
     old_max = about["max_epochs"]
     if old_max is not None and max_epochs != old_max:
         log.warning(
             "resume: trainer.max_epochs %s -> %s: the run trains to epoch %s; the lr schedule stays as the "
-            "checkpoint had it (planned for %s epochs; after them the lr stays at its last value)", old_max, max_epochs, max_epochs, old_max,
+            "checkpoint had it (planned for %s epochs; after them the lr stays at its last value)",
+            old_max,
+            max_epochs,
+            max_epochs,
+            old_max,
         )
     log.info("resume: %s, %d of %d epochs done", path, done, max_epochs)
     return ckpt

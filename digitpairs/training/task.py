@@ -30,9 +30,20 @@ log = logging.getLogger(__name__)
 
 # Always in the HPARAMS tab, for every model (docs/design.md §6); swept keys are added to these.
 HPARAM_KEYS = (
-    "model_name", "seed", "optim.lr1", "optim.lr2", "optim.weight_decay", "optim.switch_fraction",
-    "loss.alpha", "loss.gamma", "data.n_pairs", "data.val_fraction", "data.batch_size",
-    "trainer.max_epochs", "trainer.precision", "model.literal_softmax",
+    "model_name",
+    "seed",
+    "optim.lr1",
+    "optim.lr2",
+    "optim.weight_decay",
+    "optim.switch_fraction",
+    "loss.alpha",
+    "loss.gamma",
+    "data.n_pairs",
+    "data.val_fraction",
+    "data.batch_size",
+    "trainer.max_epochs",
+    "trainer.precision",
+    "model.literal_softmax",
 )
 TRAIN_HISTORY = ("train/loss", "train/loss_main", "train/acc", "lr")  # per epoch, into metrics.json
 EVAL_HISTORY = ("val/acc", "curve/test_acc")
@@ -52,14 +63,18 @@ def instantiate_checked(node: DictConfig, config_key: str | None = None, **kwarg
     except InstantiationException as err:
         cause, unknown = err.__cause__, None
         while cause is not None and not isinstance(cause, ConfigError):
-            found = re.search(r"unexpected keyword argument '(\w+)'", str(cause)) if isinstance(cause, TypeError) else None
+            found = (
+                re.search(r"unexpected keyword argument '(\w+)'", str(cause)) if isinstance(cause, TypeError) else None
+            )
             unknown = unknown or (found and found.group(1))
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
         if config_key and unknown and unknown in node:
             owner = str(node.get("_target_", "")).rsplit(".", 1)[-1]
-            raise ConfigError(f"{config_key}.{unknown}", node[unknown], f"it left out: {owner} has no key {unknown}") from None
+            raise ConfigError(
+                f"{config_key}.{unknown}", node[unknown], f"it left out: {owner} has no key {unknown}"
+            ) from None
         raise
 
 
@@ -145,7 +160,8 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     history = EpochHistory(TRAIN_HISTORY, EVAL_HISTORY)
     run_info = {  # stored in every checkpoint, for resuming (digitpairs.training.resume)
         "overrides": [o for o in (cfg.get("overrides") or []) if not o.lstrip("+~").startswith("ckpt_path=")],
-        "max_epochs": cfg.trainer.max_epochs, "model_name": cfg.get("model_name"),
+        "max_epochs": cfg.trainer.max_epochs,
+        "model_name": cfg.get("model_name"),
         "precision": str(cfg.trainer.get("precision", "32-true")),
     }
     last = LastCheckpoint(Path(cfg.paths.output_dir) / "checkpoints", cfg.checkpoint_every, run_info)
@@ -157,12 +173,19 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     logger_list = [instantiate_checked(c) for c in (cfg.get("logger") or {}).values()] if loggers else []
     # LastCheckpoint is a Lightning Checkpoint (it runs after the module's epoch-end hook),
     # which Lightning accepts only with checkpointing enabled; it then adds no ModelCheckpoint.
-    trainer = instantiate_checked(cfg.trainer, callbacks=callbacks, logger=logger_list or False, enable_checkpointing=True,
-                           enable_progress_bar=bar)
+    trainer = instantiate_checked(
+        cfg.trainer,
+        callbacks=callbacks,
+        logger=logger_list or False,
+        enable_checkpointing=True,
+        enable_progress_bar=bar,
+    )
     return datamodule, model, trainer, history
 
 
-def _log_session(trainer, hp: dict[str, Any], overrides: list[str], out_dir: Path, multirun: bool, has_val: bool) -> None:
+def _log_session(
+    trainer, hp: dict[str, Any], overrides: list[str], out_dir: Path, multirun: bool, has_val: bool
+) -> None:
     """The run's row of the HPARAMS tab, written before training (a failed run shows too).
 
     In a multirun the row is named ``<job>/<model>/seed=NN`` and the sweep's experiment
@@ -210,7 +233,9 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     last = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint))
     last.save(trainer)  # before testing: a trained model is never lost
     ckpt = last.path
-    final = {k: v for per_loader in trainer.test(model, datamodule=datamodule, verbose=False) for k, v in per_loader.items()}
+    final = {
+        k: v for per_loader in trainer.test(model, datamodule=datamodule, verbose=False) for k, v in per_loader.items()
+    }
 
     nan = math.nan
     metrics: dict[str, Any] = {
@@ -227,11 +252,14 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         "n_val": datamodule.n_val,
         "n_test": len(datamodule.sets["test"]),
         "digit_acc": {k: final.get(f"final/{k}_digit_acc", nan) for k in ("train", "val", "test")}
-        if model.has_aux else None,
+        if model.has_aux
+        else None,
         # the accuracy of each decision rule (comparator, argmax, prob); test_acc is the model's own
         "rule_acc": {
             rule: {k: final.get(f"final/{k}_acc_{rule}", nan) for k in ("train", "val", "test")} for rule in RULES
-        } if model.has_aux else None,
+        }
+        if model.has_aux
+        else None,
         "decision": model.hparams.get("decision", "comparator"),
         "epochs": trainer.current_epoch,
         "precision": str(cfg.trainer.get("precision", "32-true")),
@@ -250,8 +278,15 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     val = "" if math.isnan(metrics["val_acc"]) else f", val {100 * metrics['val_acc']:.2f}%"
     log.info(
         "%s seed=%s on %s: test accuracy %.2f%% (%d errors in %d)%s, train %.2f%%, %.1f s",
-        metrics["model"], cfg.seed, metrics["data"], 100 * metrics["test_acc"], metrics["test_errors"],
-        metrics["n_test"], val, 100 * metrics["train_acc"], metrics["wall_time_s"],
+        metrics["model"],
+        cfg.seed,
+        metrics["data"],
+        100 * metrics["test_acc"],
+        metrics["test_errors"],
+        metrics["n_test"],
+        val,
+        100 * metrics["train_acc"],
+        metrics["wall_time_s"],
     )
     return metrics
 
@@ -277,8 +312,12 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
             raise
         status, code, message = "failed", 1, f"{type(err).__name__}: {err}"
     record = {
-        "status": status, "error": message, "model": cfg.get("model_name"), "seed": cfg.get("seed"),
-        "overrides": list(cfg.get("overrides") or []), "wall_time_s": round(time.perf_counter() - start, 3),
+        "status": status,
+        "error": message,
+        "model": cfg.get("model_name"),
+        "seed": cfg.get("seed"),
+        "overrides": list(cfg.get("overrides") or []),
+        "wall_time_s": round(time.perf_counter() - start, 3),
     }
     out_dir = Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 # The final numbers, logged once by ``trainer.test`` (PairModule): the metric columns.
 FINAL_METRICS = ("final/test_acc", "final/val_acc", "final/train_acc")
@@ -90,8 +91,13 @@ def hparam_infos(runs: list[dict[str, Any]], first: Iterable[str] = (), only_fir
     return infos
 
 
-def experiment_summary(runs: list[dict[str, Any]], metrics: Iterable[str], first: Iterable[str] = (),
-                       only_first: bool = False, description: str = ""):
+def experiment_summary(
+    runs: list[dict[str, Any]],
+    metrics: Iterable[str],
+    first: Iterable[str] = (),
+    only_first: bool = False,
+    description: str = "",
+):
     """A TensorBoard ``Summary`` proto declaring the experiment: hyperparameter columns
     (see :func:`hparam_infos`) and the metric columns ``metrics`` (scalar tags, in order)."""
     import time
@@ -99,8 +105,12 @@ def experiment_summary(runs: list[dict[str, Any]], metrics: Iterable[str], first
     from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2, summary_v2
 
     metric_infos = [api_pb2.MetricInfo(name=api_pb2.MetricName(tag=tag), display_name=tag) for tag in metrics]
-    experiment = api_pb2.Experiment(description=description, time_created_secs=time.time(),
-                                    hparam_infos=hparam_infos(runs, first, only_first), metric_infos=metric_infos)
+    experiment = api_pb2.Experiment(
+        description=description,
+        time_created_secs=time.time(),
+        hparam_infos=hparam_infos(runs, first, only_first),
+        metric_infos=metric_infos,
+    )
     # summary_v2's proto builder (its summary.py twin imports TensorFlow)
     return summary_v2._summary_pb(metadata.EXPERIMENT_TAG, plugin_data_pb2.HParamsPluginData(experiment=experiment))
 
@@ -142,8 +152,14 @@ def override_keys(overrides: Iterable[str]) -> list[str]:
     return keys
 
 
-def log_session(writer, hparams: dict[str, Any], trial_id: str, metrics: Iterable[str] = (),
-                first: Iterable[str] = (), experiment: bool = False) -> None:
+def log_session(
+    writer,
+    hparams: dict[str, Any],
+    trial_id: str,
+    metrics: Iterable[str] = (),
+    first: Iterable[str] = (),
+    experiment: bool = False,
+) -> None:
     """Write the session start of one run (and, for a single run, its experiment) with
     a ``torch.utils.tensorboard.SummaryWriter`` (``TensorBoardLogger.experiment``).
 
@@ -187,12 +203,21 @@ def write_sweep_experiment(sweep_dir: Path) -> Path | None:
     runs = [m["hparams"] for m in job_metrics if isinstance(m.get("hparams"), dict)]
     if not runs:
         return None
-    have = {f"final/{k}" for m in job_metrics for k in ("test_acc", "val_acc", "train_acc")
-            if isinstance(m.get(k), (int, float)) and not math.isnan(m[k])}
+    have = {
+        f"final/{k}"
+        for m in job_metrics
+        for k in ("test_acc", "val_acc", "train_acc")
+        if isinstance(m.get(k), (int, float)) and not math.isnan(m[k])
+    }
     metrics = [t for t in FINAL_METRICS if t in have]
     varied = varied_keys(runs)
-    summary = experiment_summary(runs, metrics, varied or sorted({k for r in runs for k in r}), only_first=True,
-                                 description=f"sweep {Path(sweep_dir).name}: {len(runs)} runs; columns: the keys that vary")
+    summary = experiment_summary(
+        runs,
+        metrics,
+        varied or sorted({k for r in runs for k in r}),
+        only_first=True,
+        description=f"sweep {Path(sweep_dir).name}: {len(runs)} runs; columns: the keys that vary",
+    )
     for old in Path(sweep_dir).glob("events.out.tfevents.*"):  # a rebuilt summary replaces the old one
         old.unlink()
     return write_summaries(Path(sweep_dir), [summary])

@@ -6,8 +6,9 @@ Imports neither torch nor Lightning.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any, Iterator, NoReturn
+from typing import Any, NoReturn
 
 
 class ConfigError(ValueError):
@@ -31,8 +32,14 @@ class RunFailed(RuntimeError):
 
 
 def require_number(
-    key: str, value: Any, low: float, *, strict: bool = False, high: float | None = None,
-    high_strict: bool = True, integer: bool = False,
+    key: str,
+    value: Any,
+    low: float,
+    *,
+    strict: bool = False,
+    high: float | None = None,
+    high_strict: bool = True,
+    integer: bool = False,
 ) -> None:
     """Raise :class:`ConfigError` unless ``value`` is a number in the allowed range.
 

@@ -1,12 +1,12 @@
 """The digitpairs SLURM launcher: Hydra's submitit SLURM launcher that never loses a sweep.
 
-    python train.py -m hydra/launcher=submitit_slurm hydra.launcher.partition=debug \\
+    python train.py -m hydra/launcher=digitpairs_slurm hydra.launcher.partition=debug \\
         hydra.launcher.cpus_per_task=1 hydra.launcher.timeout_min=30 threads=1 seed=0,1
 
-``hydra/launcher=submitit_slurm`` and ``hydra/launcher=digitpairs_slurm`` both select it
-(``conf/hydra/launcher/submitit_slurm.yaml`` shadows the plugin's own config of that
-name); every key of ``hydra_submitit_launcher``'s ``SlurmQueueConf`` works as documented
-there. It differs from ``hydra_submitit_launcher``'s ``SlurmLauncher`` (1.2) in four ways:
+``hydra/launcher=digitpairs_slurm`` selects it (registered below in Hydra's ConfigStore;
+plain ``hydra/launcher=submitit_slurm`` stays ``hydra_submitit_launcher``'s own). Every
+key of ``hydra_submitit_launcher``'s ``SlurmQueueConf`` works as documented there. It
+differs from ``hydra_submitit_launcher``'s ``SlurmLauncher`` (1.2) in four ways:
 
 1. A time limit too short for submitit's warning signal is refused before anything is
    submitted (:func:`digitpairs.sweeps.slurm.check_time_limit`; one line, exit 2).
@@ -24,14 +24,16 @@ there. It differs from ``hydra_submitit_launcher``'s ``SlurmLauncher`` (1.2) in 
 Hydra instantiates launchers only from the ``hydra_plugins`` package, hence this module.
 """
 
-# no "from __future__ import annotations": Hydra scans this module outside sys.modules, where dataclasses need real types
+# no "from __future__ import annotations": Hydra scans this module outside sys.modules,
+# where dataclasses need real types
 
 import logging
 import os
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
@@ -49,8 +51,9 @@ class DigitpairsSlurmConf(SlurmQueueConf):
     _target_: str = "hydra_plugins.digitpairs_launcher.DigitpairsSlurmLauncher"
 
 
-ConfigStore.instance().store(group="hydra/launcher", name="digitpairs_slurm", node=DigitpairsSlurmConf,
-                             provider="digitpairs")
+ConfigStore.instance().store(
+    group="hydra/launcher", name="digitpairs_slurm", node=DigitpairsSlurmConf, provider="digitpairs"
+)
 
 
 class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
@@ -73,11 +76,15 @@ class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
         from omegaconf import OmegaConf
 
         init_keys = {"submitit_folder", "max_num_timeout"}
-        executor = submitit.AutoExecutor(cluster=self._EXECUTOR, folder=self.params["submitit_folder"],
-                                         **{f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]})
+        executor = submitit.AutoExecutor(
+            cluster=self._EXECUTOR,
+            folder=self.params["submitit_folder"],
+            **{f"{self._EXECUTOR}_max_num_timeout": self.params["max_num_timeout"]},
+        )
         base = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{k if k in base else f"{self._EXECUTOR}_{k}": v
-                                      for k, v in self.params.items() if k not in init_keys})
+        executor.update_parameters(
+            **{k if k in base else f"{self._EXECUTOR}_{k}": v for k, v in self.params.items() if k not in init_keys}
+        )
         return executor
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
@@ -97,12 +104,15 @@ class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
             if not any(o.lstrip("+~").startswith("trainer.enable_progress_bar=") for o in overrides):
                 overrides.append("trainer.enable_progress_bar=false")  # job logs: no bar refreshes
             job_params.append((overrides, "hydra.sweep.dir", idx, f"job_id_for_{idx}", Singleton.get_state()))
-        jobs = executor.map_array(self, *zip(*job_params))
-        log.info("submitted SLURM array job %s (%d jobs); waiting for all of them (keep this process alive)",
-                 jobs[0].job_id.split("_")[0], len(jobs))
+        jobs = executor.map_array(self, *zip(*job_params, strict=False))
+        log.info(
+            "submitted SLURM array job %s (%d jobs); waiting for all of them (keep this process alive)",
+            jobs[0].job_id.split("_")[0],
+            len(jobs),
+        )
         returns: list[JobReturn] = []
         try:
-            for job, (overrides, _, idx, _, _) in zip(jobs, job_params):
+            for job, (overrides, _, idx, _, _) in zip(jobs, job_params, strict=False):
                 returns.append(self._result(job, overrides, idx))
         except KeyboardInterrupt:
             self._interrupted(sweep_dir, jobs, len(returns))
@@ -119,11 +129,13 @@ class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
             job_dir, extra = self._job_dir(overrides, idx)
             written = record_lost_job(job_dir, status, reason, overrides, {**extra, "slurm_job": job.job_id})
             log.error("job #%d %s: %s%s", idx, status, reason, "" if written else " (its own record is kept)")
-            return JobReturn(overrides=overrides, working_dir=str(job_dir), status=JobStatus.COMPLETED,
-                             _return_value=None)
+            return JobReturn(
+                overrides=overrides, working_dir=str(job_dir), status=JobStatus.COMPLETED, _return_value=None
+            )
 
     def _job_dir(self, overrides: list[str], idx: int) -> tuple[Path, dict[str, Any]]:
-        """The folder that Hydra gives job ``idx`` (``hydra.sweep.dir``/``hydra.sweep.subdir``), and its model and seed."""
+        """The folder that Hydra gives job ``idx`` (``hydra.sweep.dir``/``hydra.sweep.subdir``),
+        and its model and seed."""
         from hydra.core.hydra_config import HydraConfig
         from omegaconf import OmegaConf, open_dict
 
@@ -136,8 +148,10 @@ class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
         hydra_config.set_config(cfg)
         try:
             job_dir = Path(str(cfg.hydra.sweep.dir)) / str(cfg.hydra.sweep.subdir)
-            extra = {"model": OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None),
-                     "seed": OmegaConf.select(cfg, "seed", default=None)}
+            extra = {
+                "model": OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None),
+                "seed": OmegaConf.select(cfg, "seed", default=None),
+            }
         finally:
             hydra_config.cfg = previous
         return job_dir, extra
@@ -149,7 +163,10 @@ class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
         rows = write_summary(sweep_dir)
         finished = sum(r["status"] == "ok" for r in rows)
         array_id = jobs[0].job_id.split("_")[0]
-        print(f"interrupted: {finished} of {len(jobs)} jobs finished, the others still run on SLURM "
-              f"(stop them: scancel {array_id}); summary so far: {sweep_dir / 'summary.csv'} "
-              f"(rebuild it later: python -m digitpairs.sweeps.summary {sweep_dir})", file=sys.stderr)
+        print(
+            f"interrupted: {finished} of {len(jobs)} jobs finished, the others still run on SLURM "
+            f"(stop them: scancel {array_id}); summary so far: {sweep_dir / 'summary.csv'} "
+            f"(rebuild it later: python -m digitpairs.sweeps.summary {sweep_dir})",
+            file=sys.stderr,
+        )
         sys.exit(130)

@@ -1,7 +1,7 @@
-"""Every command in README.md works as written: each one is checked here in a short form.
+"""The README and docs/: every command works as written, and the text speaks of the project alone.
 
-The commands are read from README.md: every line of a ```bash block and every inline
-`code` span that starts with one of ``PREFIXES``.
+The commands are read from README.md and every ``docs/*.md``: every line of a ```bash
+block and every inline `code` span that starts with one of ``PREFIXES``.
 
 - ``python train.py ...``: every job it would launch (a sweep expanded as Hydra's basic
   sweeper does, the experiment's sweep lists included) is composed with Hydra, and its
@@ -15,7 +15,10 @@ The commands are read from README.md: every line of a ```bash block and every in
 
 Commands that are patterns (``<name>``, ``...``) are skipped, ``outputs/multirun/<...>``
 becomes a sweep folder made here, and commands in ``NOT_RUN`` are skipped with a reason.
-A README command that matches no rule fails the test: add its rule here.
+A command that matches no rule fails the test: add its rule here.
+
+The text of the project (README, docs, code, configs, tests) must not speak of how it was
+built (``PROCESS_WORDS``), and the README and docs name no path outside the repository.
 """
 
 from __future__ import annotations
@@ -29,14 +32,22 @@ from pathlib import Path
 import pytest
 from conftest import PROJECT_ROOT, compose_config
 
-PREFIXES = ("python train.py", "python -m digitpairs.", "make ", "tensorboard ", "python evaluate.py", "python predict.py",
-            "python benchmarks/")
+PREFIXES = (
+    "python train.py",
+    "python -m digitpairs.",
+    "make ",
+    "tensorboard ",
+    "python evaluate.py",
+    "python predict.py",
+    "python benchmarks/",
+)
 NOT_RUN = {  # command start -> why it is not run here
     "make test-slurm": "starts a SLURM cluster: its own CI step (scripts/test-slurm.sh, tests/test_slurm.py)",
     "python benchmarks/checkpoint_cost.py": "a benchmark of minutes",
+    "python benchmarks/speed.py": "a benchmark of minutes (make bench)",
     "python benchmarks/augment_cost.py": "a benchmark of a minute (tests/test_beyond.py runs it in a short form)",
     "python benchmarks/ablation.py --run": "trains a 15-seed sweep",
-    "python benchmarks/selection_loop.py": "trains for minutes (tests/test_beyond.py runs it in a short form)",
+    "make lint": "ruff, run by .ci/run before the tests",
     "make test": "the test suite itself",
     "make bench": "a benchmark of minutes (benchmarks/speed.py)",
     "make clean": "deletes the project's outputs/",
@@ -44,6 +55,7 @@ NOT_RUN = {  # command start -> why it is not run here
     "tensorboard ": "a server: tests/test_tensorboard.py serves one",
 }
 MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "study", "beyond", "report"}
+DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
 QUICK_SCRIPTS = {"benchmarks/ablation.py"}  # run for real: they only read sweep folders
 MODULES = {"digitpairs.sweeps.report", "digitpairs.sweeps.plan", "digitpairs.sweeps.summary"}
 JOBS_PER_COMMAND = 3  # composed per sweep: the first job and the first of each model
@@ -172,17 +184,23 @@ def check_command(command: str, tmp: Path, sweep_dir: Path, trained_sweep: Path 
         lines = [shlex.split(line) for line in recipe.splitlines() if " train.py" in line]
         assert lines, f"make -n {target}: no train.py command in {recipe!r}"
         for line in lines:
-            check_train_command(line[line.index("train.py") + 1:], tmp)
+            check_train_command(line[line.index("train.py") + 1 :], tmp)
         return f"composed the jobs of {len(lines)} train.py command(s)"
     raise AssertionError(f"README command {command!r} has no rule: add one in {__file__}")
+
+
+def all_commands() -> list[str]:
+    """The commands of the README and of every page of docs/, once each, in order."""
+    return list(dict.fromkeys(c for doc in DOCS for c in readme_commands(doc.read_text())))
 
 
 def test_readme_commands_are_found():
     commands = readme_commands((PROJECT_ROOT / "README.md").read_text())
     assert "python train.py model=ws_aux" in commands
+    assert "python train.py -m optim.lr1=0.01,0.09 loss.alpha=0.5,0.75" in commands
     assert any(c.startswith("python train.py -m experiment=study") for c in commands)
-    assert any(c.startswith("python -m digitpairs.sweeps.report") for c in commands)
-    assert "make study" in commands
+    assert {"make install", "make test", "make study", "make beyond", "make lint"} <= set(commands)
+    assert any(c.startswith("python -m digitpairs.sweeps.report") for c in all_commands())
 
 
 def test_sweep_expansion_follows_hydra(tmp_path):
@@ -193,33 +211,50 @@ def test_sweep_expansion_follows_hydra(tmp_path):
 
 def test_a_broken_command_fails(tmp_path):
     with pytest.raises(Exception, match="hydra.sweeper.params.loss.alpha"):  # the README's old advice
-        check_train_command(["-m", "experiment=grid", "model=convnet", "hydra.sweeper.params.loss.alpha=0.75"], tmp_path)
+        check_train_command(
+            ["-m", "experiment=grid", "model=convnet", "hydra.sweeper.params.loss.alpha=0.75"], tmp_path
+        )
     with pytest.raises(Exception, match="data.batch_size"):
         check_train_command(["data.batch_size=1"], tmp_path)
 
 
-def test_every_readme_command_works(tmp_path):
+def test_every_command_of_the_readme_and_docs_works(tmp_path):
     from test_report_edges import fake_sweep
 
     sweep_dir = fake_sweep(tmp_path / "sweep", {"convnet": [0.8, 0.82], "ws_aux": [0.97, 0.98]})
     trained = tmp_path / "trained"  # a real sweep with a checkpoint, for evaluate.py and predict.py
-    run([sys.executable, "train.py", "-m", "experiment=study", "model=ws_aux", "seed=0", "trainer.max_epochs=1",
-         "data.n_pairs=200", "data.eval_batch_size=200", "threads=1", "hydra.callbacks.sweep_summary.report=false",
-         f"hydra.sweep.dir={trained}"])
+    run(
+        [
+            sys.executable,
+            "train.py",
+            "-m",
+            "experiment=study",
+            "model=ws_aux",
+            "seed=0",
+            "trainer.max_epochs=1",
+            "data.n_pairs=200",
+            "data.eval_batch_size=200",
+            "threads=1",
+            "hydra.callbacks.sweep_summary.report=false",
+            f"hydra.sweep.dir={trained}",
+        ]
+    )
     results = {}
     failed = []
-    for i, command in enumerate(readme_commands((PROJECT_ROOT / "README.md").read_text())):
+    for i, command in enumerate(all_commands()):
         try:
             results[command] = check_command(command, tmp_path / f"c{i:02d}" / "run", sweep_dir, trained)
         except BaseException as err:  # noqa: BLE001 - SystemExit, Hydra errors, ConfigError: all are failures
-            failed.append(f"{command}\n  -> {type(err).__name__}: {str(err).strip().splitlines()[-1:] if str(err).strip() else ''}")
-    assert not failed, "README commands that fail:\n" + "\n".join(failed)
+            failed.append(f"{command}\n  -> {type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
+    assert not failed, "README and docs commands that fail:\n" + "\n".join(failed)
     assert sum(r.startswith(("ran", "composed")) for r in results.values()) >= 15, results
 
 
 def test_help_lists_only_real_models():
     out = run([sys.executable, "train.py", "--help"]).stdout
-    assert "model: aux, convnet, digit_classifier, ws, ws_aux\n" in out  # the model base (conf/pair_module.yaml) is not an option
+    assert (
+        "model: aux, convnet, digit_classifier, ws, ws_aux\n" in out
+    )  # the model base (conf/pair_module.yaml) is not an option
     assert "_pair_module" not in out
 
 
@@ -237,3 +272,79 @@ def test_declared_floors_cover_the_apis_used():
         floors[dep.name] = max(lows) if lows else None
     for name, (version, api) in needs.items():
         assert floors[name] is not None and floors[name] >= Version(version), f"{name}: {api} needs >= {version}"
+
+
+# ---- the project speaks of itself alone ----------------------------------------------------
+# How the project was built belongs in commit messages, not in its text. TensorBoard's own
+# "session" (a row of the HPARAMS table) is fine; sessions of work, issue numbers, turns,
+# task logs, "today" and the machine a figure happened to be measured on are not.
+PROCESS_WORDS = re.compile(
+    r"\b(?:first|second|third|fourth|fifth|sixth|this|that|a later|later|an earlier|earlier|previous|next|"
+    r"our|every) (?:work )?sessions?\b"
+    r"|\bissues? ?#?\d+|\(#\d+\)|#\d+'s\b"
+    r"|\btask log|\bvirtual machine|\bthis machine\b|\btoday(?:'s)?\b|\bclosing note"
+    r"|\b(?:this|that|next|previous|earlier|a later|later) turn\b"
+    r"|\.\./shared|\bshared/data\b",
+    re.IGNORECASE,
+)
+TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".toml", ".cff", ".sh", ".txt", ".cfg", ""}
+
+
+def project_text_files() -> list[Path]:
+    """The files git tracks or would track (not ignored): what a fresh clone holds."""
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    return [
+        PROJECT_ROOT / f
+        for f in out
+        if Path(f).suffix in TEXT_SUFFIXES
+        and (PROJECT_ROOT / f).is_file()
+        and not f.startswith("data/")
+        and f != "tests/test_docs.py"
+    ]  # this file spells the words out, to catch them
+
+
+def process_words(text: str) -> list[str]:
+    return [m.group(0) for m in PROCESS_WORDS.finditer(text)]
+
+
+def test_the_project_speaks_of_itself_alone():
+    found = []
+    for path in project_text_files():
+        for n, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if words := process_words(line):
+                found.append(f"{path.relative_to(PROJECT_ROOT)}:{n}: {words}")
+    assert not found, "words about how the project was built:\n" + "\n".join(found)
+
+
+def test_process_words_are_caught():
+    assert process_words("Rerun in a fifth session on this virtual machine (issue #7).") == [
+        "fifth session",
+        "virtual machine",
+        "issue #7",
+    ]
+    assert process_words("the task log's per-run times; today's figures") == ["task log", "today's"]
+    assert process_words("data.root=../shared/data/mnist") == ["../shared"]
+    assert process_words("the folder shared/data/mnist") == ["shared/data"]
+    assert process_words("a TensorBoard session start; session data per run; the three ways take turns") == []
+
+
+def test_docs_name_no_path_outside_the_repository():
+    found = [
+        f"{doc.name}:{n}" for doc in DOCS for n, line in enumerate(doc.read_text().splitlines(), 1) if "../" in line
+    ]
+    assert not found, found
+
+
+def test_readme_is_a_front_door():
+    text = (PROJECT_ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    assert "Convolutional Neural Network and improvements for MNIST comparison" in text
+    assert (PROJECT_ROOT / "LICENSE").read_text().startswith("MIT License")
+    assert "cff-version" in (PROJECT_ROOT / "CITATION.cff").read_text()
+    assert text.index("| model") < text.index("## Setup")  # results first
