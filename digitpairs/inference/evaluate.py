@@ -131,7 +131,7 @@ def evaluate_one(ckpt_file: Path, data: DictConfig, root: str, seed: int | None)
     ckpt = ckpt_io.load(ckpt_file)
     about = ckpt_io.info(ckpt)
     mean, std = ckpt_io.normalisation(ckpt, value=str(ckpt_file))
-    model = ckpt_io.build_model(ckpt)
+    model = ckpt_io.build_model(ckpt, value=str(ckpt_file))
     use_seed = about["seed"] if seed is None else seed
     x, target, classes, resolved = test_pairs(data.source, root, data.n_pairs, use_seed, mean, std)
     logits, digit_logits = predict(model, x, about["precision"], data.eval_batch_size)

@@ -23,6 +23,8 @@ from digitpairs.training import checkpoint as ckpt_io
 from digitpairs.utils.errors import ConfigError
 
 INK = 0.1  # share of the brightest pixel that counts as ink, for the bounding box
+MAX_PIXELS = 50_000_000  # larger images are refused before they are decoded (a 12000x12000 PNG needs 2.8 GB)
+MAX_SIDE_DRAFT = 1024  # a JPEG is decoded at the smallest scale that keeps this many pixels a side
 IMAGE = "image file (PNG or JPEG, any size, grey or colour) of one digit"
 
 
@@ -72,6 +74,51 @@ def mnist_frame(grey: np.ndarray, key: str = "image", value: str = "?") -> tuple
     return frame, inverted
 
 
+def grey_pixels(img, key: str = "image", value: str = "?") -> np.ndarray:
+    """An opened image as people have them -> ``float32 (H, W)`` grey levels in 0-255.
+
+    In this order:
+
+    1. the size is read from the header, and an image over ``MAX_PIXELS`` is refused
+       before it is decoded (a JPEG is first decoded at a reduced scale, which costs
+       little);
+    2. the EXIF orientation is applied (a phone's photo, stored turned, is read upright;
+       Pillow's ``ImageOps.exif_transpose``);
+    3. transparency is composited away: the digit's opaque pixels are laid on a
+       background that contrasts with them (white under dark ink, black under light
+       ink), so a digit on a transparent background keeps its strokes;
+    4. grey levels of any depth (16-bit, 32-bit integer or float) are scaled by the
+       image's own range to 0-255; 8-bit images keep their levels.
+
+    Raises:
+        ConfigError: an image over ``MAX_PIXELS``.
+    """
+    from PIL import Image, ImageOps
+
+    if img.format == "JPEG":
+        img.draft("L", (MAX_SIDE_DRAFT, MAX_SIDE_DRAFT))  # JPEG decodes at 1/2, 1/4 or 1/8 scale: cheap
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise ConfigError(key, value, f"an {IMAGE} of at most {MAX_PIXELS // 10**6} megapixels; "
+                          f"this one is {w}x{h}")
+    img = ImageOps.exif_transpose(img)
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = np.asarray(img.convert("RGBA"), dtype=np.float32)
+        alpha = rgba[..., 3:] / 255.0
+        grey = rgba[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        opaque = alpha[..., 0] > 0.5
+        ink_is_dark = not opaque.any() or float(grey[opaque].mean()) < 128
+        background = 255.0 if ink_is_dark else 0.0
+        return grey * alpha[..., 0] + background * (1 - alpha[..., 0])
+    if img.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        low, high = float(a.min()), float(a.max())
+        return ((a - low) * (255.0 / (high - low)) if high > low else np.zeros_like(a)).astype(np.float32)
+    return np.asarray(img.convert("L"), dtype=np.float32)
+
+
 def load_digit(path: str | Path, key: str) -> Digit:
     """Read an image file and prepare it as a 14x14 digit (see the module doc).
 
@@ -86,7 +133,10 @@ def load_digit(path: str | Path, key: str) -> Digit:
         raise ConfigError(key, str(path), f"an existing {IMAGE}")
     try:
         with Image.open(file) as img:
-            grey = np.asarray(img.convert("L"))
+            grey = grey_pixels(img, key, str(path))
+    except Image.DecompressionBombError:  # Pillow's own limit, far above ours: refused at the header
+        raise ConfigError(key, str(path), f"an {IMAGE} of at most {MAX_PIXELS // 10**6} megapixels; "
+                          "this one is far larger") from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ConfigError(key, str(path), f"an {IMAGE}; this file is not one ({type(err).__name__})") from None
     frame, inverted = mnist_frame(grey, key, str(path))
@@ -152,4 +202,4 @@ def load_model(path: str):
     """``(model, mean, std)`` of a checkpoint; bad input names the ``checkpoint`` argument."""
     ckpt = ckpt_io.load(path, key="checkpoint")
     mean, std = ckpt_io.normalisation(ckpt, key="checkpoint", value=path)
-    return ckpt_io.build_model(ckpt), mean, std
+    return ckpt_io.build_model(ckpt, key="checkpoint", value=path), mean, std

@@ -55,8 +55,105 @@ def load(path: str | Path, key: str = "ckpt_path", check_class: bool = True) -> 
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ConfigError(key, str(path), f"{EXPECTED}; this file holds no Lightning model state")
     if check_class:
-        model_class(ckpt, key, str(path))  # raises for a model that is not ours
+        check_model(ckpt, key, str(path))  # raises for a model that is not ours, or hyperparameters it does not take
+    check_overrides(info(ckpt)["overrides"], key, str(path))
     return ckpt
+
+
+# Config groups whose options are the project's own files and may be chosen again on
+# resume; the others (callbacks, logger, trainer, hydra/*) would instantiate what a
+# checkpoint names, so a checkpoint never chooses them.
+REPLAYABLE_GROUPS = ("model", "optim", "loss", "data", "recipe", "experiment")
+PLAIN = (bool, int, float, str, type(None))
+
+
+def override_problem(override: str) -> str | None:
+    """Why ``override``, recorded in a checkpoint, may not be applied again on resume, or
+    None when it may: only ``key=value`` with a plain value (a number, a string, a boolean
+    or null) for a key of the project's own config, or a choice among the project's own
+    options of ``REPLAYABLE_GROUPS``. Never ``+``, ``++`` or ``~``, never ``hydra.*``,
+    never a ``_target_`` (or any key starting with ``_``), never an interpolation, a list,
+    a dict or a sweep. Parses with Hydra's override grammar; imports and calls nothing.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import OverrideType
+
+    from digitpairs.utils.config import config_groups, group_options
+
+    try:
+        o = OverridesParser.create().parse_override(override)
+    except Exception:  # noqa: BLE001 - anything Hydra cannot parse is refused
+        return "not a key=value override"
+    if o.type != OverrideType.CHANGE:
+        return "it adds or deletes a key (+, ++ or ~)"
+    if o.package is not None or o.is_sweep_override():
+        return "a package or a sweep"
+    key, value = o.key_or_group, o.value()
+    parts = key.replace("/", ".").split(".")
+    if parts[0] == "hydra" or any(part.startswith("_") for part in parts):
+        return "Hydra's own keys and _target_ keys are never taken from a checkpoint"
+    if not isinstance(value, PLAIN) or (isinstance(value, str) and "${" in value):
+        return "not a plain value (a number, a string, a boolean or null)"
+    if key in config_groups():
+        if key not in REPLAYABLE_GROUPS:
+            return f"the {key} group instantiates classes"
+        if str(value) not in group_options(key):
+            return f"not one of the {key} options"
+    elif "/" in key:
+        return "not a config group of the project"
+    return None
+
+
+def check_overrides(overrides: list[Any], key: str = "ckpt_path", value: str = "?") -> None:
+    """Refuse a checkpoint whose recorded overrides include one that :func:`override_problem`
+    refuses.
+
+    Raises:
+        ConfigError: naming the checkpoint, the override and why it is refused.
+    """
+    if not isinstance(overrides, list):
+        raise ConfigError(key, value, f"{EXPECTED}; its recorded overrides are not a list")
+    for override in overrides:
+        problem = override_problem(override) if isinstance(override, str) else "not a string"
+        if problem:
+            raise ConfigError(key, value, f"{EXPECTED} with the project's own keys and plain values; it records "
+                              f"the override {str(override)!r}: {problem}")
+
+
+def accepted_hyperparameters(cls: type) -> set[str]:
+    """The constructor arguments of a model class and of the classes it passes ``**kwargs`` to."""
+    import inspect
+
+    names: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass):
+            continue
+        params = inspect.signature(klass.__init__).parameters.values()
+        names |= {p.name for p in params if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and p.name != "self"}
+        if not any(p.kind == p.VAR_KEYWORD for p in params):
+            break
+    return names
+
+
+def check_model(ckpt: dict[str, Any], key: str = "ckpt_path", value: str = "?") -> type:
+    """The checkpoint's model class (:func:`model_class`), once its hyperparameters are
+    plain values that the class takes.
+
+    Raises:
+        ConfigError: a foreign class, a hyperparameter the class does not take, or one
+            that is not a plain value.
+    """
+    cls = model_class(ckpt, key, value)
+    hp = ckpt.get("hyper_parameters")
+    if not isinstance(hp, dict):
+        raise ConfigError(key, value, f"{EXPECTED}; its hyperparameters are not a mapping")
+    unknown = sorted(set(map(str, hp)) - accepted_hyperparameters(cls))
+    if unknown:
+        raise ConfigError(key, value, f"{EXPECTED}; {cls.__name__} takes no hyperparameter {unknown[0]!r}")
+    odd = sorted(str(k) for k, v in hp.items() if not isinstance(v, PLAIN))
+    if odd:
+        raise ConfigError(key, value, f"{EXPECTED}; its hyperparameter {odd[0]!r} is not a plain value")
+    return cls
 
 
 def _class_name(ckpt: dict[str, Any]) -> str | None:
@@ -101,10 +198,18 @@ def model_name(ckpt: dict[str, Any]) -> str:
     return names.get(cls, "ws_aux" if sharing else "aux")
 
 
-def build_model(ckpt: dict[str, Any]):
-    """The checkpoint's model with its weights, in eval mode, on the CPU."""
-    model = model_class(ckpt)(**ckpt["hyper_parameters"])
-    model.load_state_dict(ckpt["state_dict"])
+def build_model(ckpt: dict[str, Any], key: str = "ckpt_path", value: str = "?"):
+    """The checkpoint's model with its weights, in eval mode, on the CPU.
+
+    Raises:
+        ConfigError: a model the checkpoint cannot rebuild (see :func:`check_model`), a bad
+            hyperparameter value, or weights that do not fit the model.
+    """
+    model = check_model(ckpt, key, value)(**ckpt["hyper_parameters"])
+    try:
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, KeyError, TypeError) as err:
+        raise ConfigError(key, value, f"{EXPECTED}; its weights do not fit its model ({type(err).__name__})") from None
     return model.eval()
 
 

@@ -23,7 +23,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from digitpairs.models.rules import RULES
-from digitpairs.utils.errors import ConfigError, JobInterrupted, RunFailed, exit_with, require_number
+from digitpairs.utils.errors import ConfigError, JobInterrupted, RunFailed, exit_with, one_line_errors, require_number
 from digitpairs.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -158,8 +158,12 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     model = instantiate_checked(cfg.model, "model")
     datamodule.setup()
     history = EpochHistory(TRAIN_HISTORY, EVAL_HISTORY)
-    run_info = {  # stored in every checkpoint, for resuming (digitpairs.training.resume)
-        "overrides": [o for o in (cfg.get("overrides") or []) if not o.lstrip("+~").startswith("ckpt_path=")],
+    from digitpairs.training.checkpoint import override_problem
+
+    own = [o for o in (cfg.get("overrides") or []) if not o.lstrip("+~").startswith("ckpt_path=")]
+    run_info = {  # stored in every checkpoint, for resuming (digitpairs.training.resume_args)
+        "overrides": [o for o in own if override_problem(o) is None],  # what a resume may apply again
+        "not_replayed": [o for o in own if override_problem(o) is not None],  # shown on resume, never applied
         "max_epochs": cfg.trainer.max_epochs,
         "model_name": cfg.get("model_name"),
         "precision": str(cfg.trainer.get("precision", "32-true")),
@@ -300,6 +304,12 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     (2 for bad input, 1 for a failed run) with that line on stderr; in a multirun it
     returns, so the sweep goes on and its summary records the job as failed.
     """
+    from digitpairs.utils.config import check_output_dir
+
+    out_dir = Path(cfg.paths.output_dir)
+    if not multirun:  # train.py checks hydra.run.dir on its command line; this covers the others
+        with one_line_errors():
+            check_output_dir("hydra.run.dir", out_dir, multirun=False)  # and writes no record over the old one
     start = time.perf_counter()
     try:
         return train(cfg, multirun)
@@ -319,8 +329,6 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         "overrides": list(cfg.get("overrides") or []),
         "wall_time_s": round(time.perf_counter() - start, 3),
     }
-    out_dir = Path(cfg.paths.output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     write_json(out_dir / "metrics.json", record)
     if not multirun:
         exit_with(message, code)

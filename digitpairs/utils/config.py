@@ -71,3 +71,53 @@ def check_group_choices(overrides: list[str], conf_dir: Path = CONF_DIR) -> None
         for value in values:
             if value is not None and str(value) not in allowed:
                 raise ConfigError(group, str(value), f"one of {', '.join(allowed)} (files in conf/{group}/)")
+
+
+def finished_jobs(sweep_dir: Path) -> list[Path]:
+    """The job folders a sweep folder already holds (those with a ``metrics.json`` or
+    Hydra's ``.hydra/``)."""
+    if not sweep_dir.is_dir():
+        return []
+    return sorted(p for p in sweep_dir.iterdir() if (p / "metrics.json").is_file() or (p / ".hydra").is_dir())
+
+
+def check_output_dir(key: str, folder: Path, multirun: bool) -> None:
+    """Refuse to write a run or a sweep into a folder that already holds one.
+
+    Args:
+        key: ``hydra.run.dir`` or ``hydra.sweep.dir``, for the message.
+        folder: the folder.
+        multirun: a sweep (its folder must hold no job yet) or a single run (its folder
+            must hold no ``metrics.json``).
+
+    Raises:
+        ConfigError: naming the key, the folder and what it already holds.
+    """
+    if multirun and (jobs := finished_jobs(folder)):
+        raise ConfigError(key, str(folder), f"a folder that holds no sweep yet; it holds {len(jobs)} job folder(s) "
+                          f"(e.g. {jobs[0].name}), which a new sweep would overwrite: choose another {key}")
+    if not multirun and (folder / "metrics.json").is_file():
+        raise ConfigError(key, str(folder), f"a folder that holds no finished run; it has a metrics.json, which a "
+                          f"new run would overwrite: choose another {key}")
+
+
+def check_output_dirs(argv: list[str]) -> None:
+    """:func:`check_output_dir` for a ``hydra.run.dir=`` or ``hydra.sweep.dir=`` given on
+    the command line, before Hydra writes anything into it (folders named by the time, the
+    default, are always new).
+
+    Raises:
+        ConfigError: see :func:`check_output_dir`.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    multirun = "-m" in argv or "--multirun" in argv
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        parsed = OverridesParser.create().parse_overrides([a for a in argv if "=" in a and not a.startswith("-")])
+    except Exception:  # noqa: BLE001 - a malformed override: Hydra reports it itself
+        return
+    for override in parsed:
+        value = override.value() if not override.is_sweep_override() else None
+        if override.key_or_group == key and isinstance(value, str) and "${" not in value:
+            check_output_dir(key, Path(value).expanduser().resolve(), multirun)
