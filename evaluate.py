@@ -14,7 +14,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from digitpairs.utils.config import check_group_choices, register_resolvers
+from digitpairs.utils.config import check_command_line, check_group_choices, register_resolvers
 from digitpairs.utils.errors import one_line_errors
 
 
@@ -29,4 +29,5 @@ if __name__ == "__main__":
     register_resolvers()
     with one_line_errors():
         check_group_choices(sys.argv[1:])
+        check_command_line(sys.argv[1:], config_name="evaluate")  # Hydra's own refusals, as one line
     main()

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from digitpairs.training.resume_args import resume_arguments
-from digitpairs.utils.config import check_group_choices, check_output_dirs, register_resolvers
+from digitpairs.utils.config import check_command_line, check_group_choices, check_output_dirs, register_resolvers
 from digitpairs.utils.errors import one_line_errors
 
 
@@ -34,4 +34,5 @@ if __name__ == "__main__":
         check_group_choices(sys.argv[1:])
         check_output_dirs(sys.argv[1:])  # never a second run or sweep into a finished one's folder
         sys.argv[1:] = resume_arguments(sys.argv[1:])  # ckpt_path=...: the checkpoint's own overrides first
+        check_command_line(sys.argv[1:])  # Hydra's own refusals, as one line
     main()

@@ -1,5 +1,5 @@
 """The ingredients of ``recipe=beyond``: augmentation, re-pairing, decision rules, ensembles,
-test-time views, the trunks, the one-cycle optimiser, EMA and the ``experiment=beyond``
+test-time views, the trunks, the one-cycle optimiser and the ``experiment=beyond``
 preset (on real digits)."""
 
 from __future__ import annotations
@@ -269,7 +269,6 @@ def test_tta_answer_of_a_digit_depends_on_that_digit_alone():
                 and isinstance(m.net[0], CompactConvNet)
             ),
         ),
-        (["callbacks=ema"], lambda m, c: list(c.callbacks) == ["checkpoint_on_signal", "ema"]),
         (["experiment=beyond"], lambda m, c: c.data.val_fraction == 0.0),
     ],
 )
@@ -278,7 +277,7 @@ def test_new_options_compose_and_build(overrides, check, compose_cfg):
     model = instantiate(cfg.model)
     assert check(model, cfg)
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    assert all(type(c).__name__ in ("CheckpointOnSignal", "WeightAveraging") for c in callbacks)
+    assert [type(c).__name__ for c in callbacks] == ["CheckpointOnSignal"]
     dm = instantiate(cfg.data)
     assert isinstance(dm, PairDataModule)
 

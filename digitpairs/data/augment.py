@@ -46,8 +46,8 @@ class RandomDigitAffine(nn.Module):
 
     def __init__(self, shift: float = 1.5, rotate: float = 12.0, scale: float = 0.1, prefix: str = "data.") -> None:
         super().__init__()
-        require_number(f"{prefix}shift", shift, 0)
-        require_number(f"{prefix}rotate", rotate, 0)
+        require_number(f"{prefix}shift", shift, 0, high=14, high_strict=False)  # pixels: at most the digit's size
+        require_number(f"{prefix}rotate", rotate, 0, high=180, high_strict=False)  # degrees
         require_number(f"{prefix}scale", scale, 0, high=1)
         self.shift, self.rotate, self.scale = float(shift), float(rotate), float(scale)
         # per image size (kornia takes shifts as fractions) and per mode (one draw per digit, or one for all)

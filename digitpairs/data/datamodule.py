@@ -85,8 +85,9 @@ class PairDataModule(L.LightningDataModule):
         self.repair = repair
         require_choice("data.source", source, SOURCES)
         require_number("data.val_fraction", val_fraction, 0, high=1)
-        require_number("data.batch_size", batch_size, 2, integer=True)  # BatchNorm1d trains on >= 2 samples
-        require_number("data.eval_batch_size", eval_batch_size, 1, integer=True)
+        # BatchNorm1d trains on >= 2 samples
+        require_number("data.batch_size", batch_size, 2, integer=True, high=1_000_000, high_strict=False)
+        require_number("data.eval_batch_size", eval_batch_size, 1, integer=True, high=1_000_000, high_strict=False)
         require_number("data.n_pairs", n_pairs, 1, integer=True)
         n_val = round(val_fraction * n_pairs)
         if val_fraction > 0 and not 1 <= n_val <= n_pairs - 2:

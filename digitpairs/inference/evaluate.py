@@ -25,7 +25,8 @@ import torch
 from omegaconf import DictConfig
 
 from digitpairs.training import checkpoint as ckpt_io
-from digitpairs.utils.errors import ConfigError, one_line_errors, require_number
+from digitpairs.training.task import MAX_SEED
+from digitpairs.utils.errors import ConfigError, one_line_config_errors, one_line_errors, require_number
 from digitpairs.utils.io import project_path, write_json
 
 log = logging.getLogger(__name__)
@@ -250,7 +251,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     if cfg.get("ckpt_path") in (None, ""):
         raise ConfigError("ckpt_path", None, "a checkpoint file, a run folder or a sweep folder (ckpt_path=<path>)")
     if cfg.seed is not None:
-        require_number("seed", cfg.seed, 0, integer=True)
+        require_number("seed", cfg.seed, 0, integer=True, high=MAX_SEED, high_strict=False)
     require_number("data.n_pairs", cfg.data.n_pairs, 1, integer=True)
     require_number("data.eval_batch_size", cfg.data.eval_batch_size, 1, integer=True)
     files, is_sweep = find_checkpoints(cfg.ckpt_path)
@@ -275,5 +276,5 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
 
 def run(cfg: DictConfig) -> list[dict[str, Any]]:
     """:func:`evaluate` with bad input reported as one line on stderr, exit 2."""
-    with one_line_errors():
+    with one_line_errors(), one_line_config_errors():
         return evaluate(cfg)

@@ -93,14 +93,13 @@ def grey_pixels(img, key: str = "image", value: str = "?") -> np.ndarray:
     Raises:
         ConfigError: an image over ``MAX_PIXELS``.
     """
-    from PIL import Image, ImageOps
+    from PIL import ImageOps
 
     if img.format == "JPEG":
         img.draft("L", (MAX_SIDE_DRAFT, MAX_SIDE_DRAFT))  # JPEG decodes at 1/2, 1/4 or 1/8 scale: cheap
     w, h = img.size
     if w * h > MAX_PIXELS:
-        raise ConfigError(key, value, f"an {IMAGE} of at most {MAX_PIXELS // 10**6} megapixels; "
-                          f"this one is {w}x{h}")
+        raise ConfigError(key, value, f"an {IMAGE} of at most {MAX_PIXELS // 10**6} megapixels; this one is {w}x{h}")
     img = ImageOps.exif_transpose(img)
     if img.mode == "P":
         img = img.convert("RGBA" if "transparency" in img.info else "RGB")
@@ -134,9 +133,12 @@ def load_digit(path: str | Path, key: str) -> Digit:
     try:
         with Image.open(file) as img:
             grey = grey_pixels(img, key, str(path))
+    except ConfigError:
+        raise
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours: refused at the header
-        raise ConfigError(key, str(path), f"an {IMAGE} of at most {MAX_PIXELS // 10**6} megapixels; "
-                          "this one is far larger") from None
+        raise ConfigError(
+            key, str(path), f"an {IMAGE} of at most {MAX_PIXELS // 10**6} megapixels; this one is far larger"
+        ) from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ConfigError(key, str(path), f"an {IMAGE}; this file is not one ({type(err).__name__})") from None
     frame, inverted = mnist_frame(grey, key, str(path))

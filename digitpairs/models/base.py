@@ -131,8 +131,8 @@ class PairModule(L.LightningModule):
         tta_scale: float = 0.1,
     ) -> None:
         super().__init__()
-        require_number("model.members", members, 1, integer=True)
-        require_number("model.tta", tta, 0, integer=True)
+        require_number("model.members", members, 1, integer=True, high=64, high_strict=False)
+        require_number("model.tta", tta, 0, integer=True, high=1024, high_strict=False)
         self.tta_views = RandomDigitAffine(tta_shift, tta_rotate, tta_scale, prefix="model.tta_")
         require_choice("optim.schedule", schedule, SCHEDULES)
         if nesterov and not momentum > 0:
@@ -141,7 +141,7 @@ class PairModule(L.LightningModule):
         require_number("optim.lr1", lr1, 0, strict=True)
         require_number("optim.lr2", lr2, 0, strict=True)
         require_number("optim.weight_decay", weight_decay, 0)
-        require_number("optim.momentum", momentum, 0)
+        require_number("optim.momentum", momentum, 0, high=1)
         require_number("optim.switch_fraction", switch_fraction, 0, high=1, high_strict=False)
         require_number("loss.gamma", gamma, 0)
         self.save_hyperparameters(logger=False)

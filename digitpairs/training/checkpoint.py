@@ -116,8 +116,12 @@ def check_overrides(overrides: list[Any], key: str = "ckpt_path", value: str = "
     for override in overrides:
         problem = override_problem(override) if isinstance(override, str) else "not a string"
         if problem:
-            raise ConfigError(key, value, f"{EXPECTED} with the project's own keys and plain values; it records "
-                              f"the override {str(override)!r}: {problem}")
+            raise ConfigError(
+                key,
+                value,
+                f"{EXPECTED} with the project's own keys and plain values; it records "
+                f"the override {str(override)!r}: {problem}",
+            )
 
 
 def accepted_hyperparameters(cls: type) -> set[str]:

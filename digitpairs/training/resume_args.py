@@ -54,8 +54,12 @@ def _check_against_config(overrides: list[str], path: str) -> None:
         for part in key.split("."):
             node = node.get(part, KeyError) if isinstance(node, dict) else KeyError
         if node is KeyError or isinstance(node, (dict, list)):
-            raise ConfigError("ckpt_path", path, f"{ckpt_io_expected()} with the project's own keys and plain values; "
-                              f"it records the override {override!r}: no such key in the project's config")
+            raise ConfigError(
+                "ckpt_path",
+                path,
+                f"{ckpt_io_expected()} with the project's own keys and plain values; "
+                f"it records the override {override!r}: no such key in the project's config",
+            )
 
 
 def ckpt_io_expected() -> str:
@@ -90,8 +94,11 @@ def ckpt_path_value(raw: str) -> str:
     except Exception:  # noqa: BLE001 - not Hydra's grammar: the text as given
         return raw
     if override.is_sweep_override():
-        raise ConfigError("ckpt_path", raw, "one checkpoint file (a sweep of checkpoints is not supported; "
-                          "quote a path that holds a comma)")
+        raise ConfigError(
+            "ckpt_path",
+            raw,
+            "one checkpoint file (a sweep of checkpoints is not supported; quote a path that holds a comma)",
+        )
     value = override.value()
     return value if isinstance(value, str) else raw
 

@@ -23,7 +23,16 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from digitpairs.models.rules import RULES
-from digitpairs.utils.errors import ConfigError, JobInterrupted, RunFailed, exit_with, one_line_errors, require_number
+from digitpairs.utils.errors import (
+    ConfigError,
+    JobInterrupted,
+    RunFailed,
+    exit_with,
+    from_omegaconf,
+    one_line_config_errors,
+    one_line_errors,
+    require_number,
+)
 from digitpairs.utils.io import write_json
 
 log = logging.getLogger(__name__)
@@ -45,8 +54,27 @@ HPARAM_KEYS = (
     "trainer.precision",
     "model.literal_softmax",
 )
+MAX_SEED = 2**32 - 1  # seed_everything seeds NumPy, whose seeds are 32-bit
+MAX_THREADS = 1024
+MAX_EPOCHS = 100_000
 TRAIN_HISTORY = ("train/loss", "train/loss_main", "train/acc", "lr")  # per epoch, into metrics.json
 EVAL_HISTORY = ("val/acc", "curve/test_acc")
+
+
+def command_overrides(cfg: DictConfig) -> list[str]:
+    """The run's command-line overrides as written (``cfg.overrides``), each one a string;
+    an override whose value looks like an interpolation (``optim.lr1=${...}``) is kept as
+    text, not resolved."""
+    node = cfg.get("overrides")
+    return [str(o) for o in OmegaConf.to_container(node, resolve=False)] if node is not None else []
+
+
+def _causes(err: BaseException):
+    """``err``'s chain of causes (``__cause__``, else ``__context__``), ``err`` excluded."""
+    seen = err.__cause__ or err.__context__
+    while seen is not None:
+        yield seen
+        seen = seen.__cause__ or seen.__context__
 
 
 def instantiate_checked(node: DictConfig, config_key: str | None = None, **kwargs: Any) -> Any:
@@ -57,6 +85,7 @@ def instantiate_checked(node: DictConfig, config_key: str | None = None, **kwarg
     ``ConfigError`` naming ``model.decision``, not a ``TypeError`` from deep inside Hydra."""
     from hydra.errors import InstantiationException
     from hydra.utils import instantiate
+    from omegaconf.errors import OmegaConfBaseException
 
     try:
         return instantiate(node, **kwargs)
@@ -70,6 +99,9 @@ def instantiate_checked(node: DictConfig, config_key: str | None = None, **kwarg
             cause = cause.__cause__
         if cause is not None:
             raise cause from None
+        config_error = next((c for c in _causes(err) if isinstance(c, OmegaConfBaseException)), None)
+        if config_error is not None:  # an interpolation that does not resolve, a missing value
+            raise from_omegaconf(config_error) from None
         if config_key and unknown and unknown in node:
             owner = str(node.get("_target_", "")).rsplit(".", 1)[-1]
             raise ConfigError(
@@ -79,16 +111,29 @@ def instantiate_checked(node: DictConfig, config_key: str | None = None, **kwarg
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Checks of keys that no constructor owns for every model."""
+    """Checks of keys that no constructor owns for every model, after every value of the
+    config resolves (a value left ``???``, a key deleted with ``~`` that another one
+    interpolates, an interpolation that fails: one line naming the key).
+
+    Raises:
+        ConfigError: the first key that is missing, does not resolve or is out of range.
+    """
+    from omegaconf import open_dict
+
+    values = cfg.copy()  # every value but the overrides as typed (which may look like interpolations)
+    with open_dict(values):
+        values.pop("overrides", None)
+    with one_line_config_errors():
+        OmegaConf.to_container(values, resolve=True, throw_on_missing=True)
     require_number("loss.alpha", cfg.loss.alpha, 0)  # convnet and ws ignore alpha; a negative one is still wrong
     if cfg.threads is not None:
-        require_number("threads", cfg.threads, 1, integer=True)
-    require_number("seed", cfg.seed, 0, integer=True)
+        require_number("threads", cfg.threads, 1, integer=True, high=MAX_THREADS, high_strict=False)
+    require_number("seed", cfg.seed, 0, integer=True, high=MAX_SEED, high_strict=False)
     for key in ("flush_denormal", "tune_malloc"):
         if not isinstance(cfg.cpu[key], bool):
             raise ConfigError(f"cpu.{key}", cfg.cpu[key], "true or false")
-    require_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True)
-    require_number("checkpoint_every", cfg.checkpoint_every, 1, integer=True)
+    require_number("trainer.max_epochs", cfg.trainer.max_epochs, 1, integer=True, high=MAX_EPOCHS, high_strict=False)
+    require_number("checkpoint_every", cfg.checkpoint_every, 1, integer=True, high=MAX_EPOCHS, high_strict=False)
 
 
 def progress_bar_shown(requested: bool, stream=None) -> bool:
@@ -160,7 +205,7 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     history = EpochHistory(TRAIN_HISTORY, EVAL_HISTORY)
     from digitpairs.training.checkpoint import override_problem
 
-    own = [o for o in (cfg.get("overrides") or []) if not o.lstrip("+~").startswith("ckpt_path=")]
+    own = [o for o in command_overrides(cfg) if not o.lstrip("+~").startswith("ckpt_path=")]
     run_info = {  # stored in every checkpoint, for resuming (digitpairs.training.resume_args)
         "overrides": [o for o in own if override_problem(o) is None],  # what a resume may apply again
         "not_replayed": [o for o in own if override_problem(o) is not None],  # shown on resume, never applied
@@ -225,7 +270,7 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     start = time.perf_counter()  # the job's wall time, without the once-per-process imports
     datamodule, model, trainer, history = build(cfg, quiet=multirun)
     out_dir = Path(cfg.paths.output_dir)
-    overrides = list(cfg.get("overrides") or [])
+    overrides = command_overrides(cfg)
     hp = hparams(cfg, overrides, datamodule.resolved_source)
     _log_session(trainer, hp, overrides, out_dir, multirun, datamodule.n_val > 0)
     ckpt_path = cfg.get("ckpt_path")
@@ -312,7 +357,8 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
             check_output_dir("hydra.run.dir", out_dir, multirun=False)  # and writes no record over the old one
     start = time.perf_counter()
     try:
-        return train(cfg, multirun)
+        with one_line_config_errors():
+            return train(cfg, multirun)
     except (ConfigError, RunFailed) as err:
         status, code = ("invalid", 2) if isinstance(err, ConfigError) else ("failed", 1)
         status = "killed" if isinstance(err, JobInterrupted) else status
@@ -326,7 +372,7 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         "error": message,
         "model": cfg.get("model_name"),
         "seed": cfg.get("seed"),
-        "overrides": list(cfg.get("overrides") or []),
+        "overrides": command_overrides(cfg),
         "wall_time_s": round(time.perf_counter() - start, 3),
     }
     write_json(out_dir / "metrics.json", record)

@@ -94,11 +94,19 @@ def check_output_dir(key: str, folder: Path, multirun: bool) -> None:
         ConfigError: naming the key, the folder and what it already holds.
     """
     if multirun and (jobs := finished_jobs(folder)):
-        raise ConfigError(key, str(folder), f"a folder that holds no sweep yet; it holds {len(jobs)} job folder(s) "
-                          f"(e.g. {jobs[0].name}), which a new sweep would overwrite: choose another {key}")
+        raise ConfigError(
+            key,
+            str(folder),
+            f"a folder that holds no sweep yet; it holds {len(jobs)} job folder(s) "
+            f"(e.g. {jobs[0].name}), which a new sweep would overwrite: choose another {key}",
+        )
     if not multirun and (folder / "metrics.json").is_file():
-        raise ConfigError(key, str(folder), f"a folder that holds no finished run; it has a metrics.json, which a "
-                          f"new run would overwrite: choose another {key}")
+        raise ConfigError(
+            key,
+            str(folder),
+            f"a folder that holds no finished run; it has a metrics.json, which a "
+            f"new run would overwrite: choose another {key}",
+        )
 
 
 def check_output_dirs(argv: list[str]) -> None:
@@ -121,3 +129,99 @@ def check_output_dirs(argv: list[str]) -> None:
         value = override.value() if not override.is_sweep_override() else None
         if override.key_or_group == key and isinstance(value, str) and "${" not in value:
             check_output_dir(key, Path(value).expanduser().resolve(), multirun)
+
+
+HYDRA_MODES = {
+    "-r": "--run",
+    "--run": "--run",
+    "-m": "--multirun",
+    "--multirun": "--multirun",
+    "-c": "--cfg",
+    "--cfg": "--cfg",
+    "--info": "--info",
+    "-sc": "--shell-completion",
+    "--shell-completion": "--shell-completion",
+}
+
+
+WITH_VALUE = {
+    "-c",
+    "--cfg",
+    "-p",
+    "--package",
+    "-cp",
+    "--config-path",
+    "-cn",
+    "--config-name",
+    "-cd",
+    "--config-dir",
+    "--experimental-rerun",
+    "-sc",
+    "--shell-completion",
+    "--info",
+}
+
+
+def _quoted_key(message: str, default: str) -> str:
+    import re
+
+    found = re.search(r"'([\w.+~/@-]+)'", message)
+    return found.group(1).lstrip("+~") if found else default
+
+
+def check_command_line(argv: list[str], config_name: str = "train", conf_dir: Path = CONF_DIR) -> None:
+    """Check a ``train.py`` or ``evaluate.py`` command line as Hydra will read it, before
+    Hydra runs, so that its refusals are one line (Hydra prints several, or a traceback):
+
+    - at most one of Hydra's modes (``--run``, ``--multirun``, ``--cfg``, ``--info``,
+      ``--shell-completion``);
+    - every override in Hydra's grammar;
+    - the config composes with them (a sweep with its first value): no unknown key, no
+      ``+`` on a key that exists, no unknown group option.
+
+    Raises:
+        ConfigError: naming the flag, the override or the key, and Hydra's reason.
+    """
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    if any(a in ("-h", "--help", "-hh", "--hydra-help") for a in argv):
+        return  # Hydra prints its help
+    modes = sorted({HYDRA_MODES[a] for a in argv if a in HYDRA_MODES})
+    if len(modes) > 1:
+        raise ConfigError(
+            "flags", " ".join(modes), "only one of --run, --multirun, --cfg, --info and --shell-completion"
+        )
+    args, skip = [], False
+    for a in argv:  # the overrides: every argument that is not a flag or a flag's value
+        if not skip and not a.startswith("-"):
+            args.append(a)
+        skip = a in WITH_VALUE and not skip
+    parser = OverridesParser.create()
+    parsed = []
+    for arg in args:
+        try:
+            parsed += parser.parse_overrides([arg])
+        except Exception as err:  # noqa: BLE001 - Hydra's OverrideParseException and its kin
+            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            key = arg.split("=", 1)[0].lstrip("+~") if "=" in arg else arg
+            raise ConfigError(
+                key, arg.split("=", 1)[1] if "=" in arg else "", f"Hydra's override grammar ({first})"
+            ) from None
+    single = [
+        o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
+        for o in parsed
+    ]
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            compose(config_name, overrides=single, return_hydra_config=True)
+    except Exception as err:  # noqa: BLE001 - Hydra's composition errors: one line, with the key it names
+        text = str(err).strip()
+        first = " ".join(text.splitlines()[:2]) if text else type(err).__name__
+        key = _quoted_key(text, "overrides")
+        value = next((o.input_line.split("=", 1)[-1] for o in parsed if o.key_or_group == key), "")
+        raise ConfigError(key, value, f"a key and value the config takes ({first})") from None
+    finally:
+        GlobalHydra.instance().clear()

@@ -5,6 +5,7 @@ Imports neither torch nor Lightning.
 
 from __future__ import annotations
 
+import math
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -41,7 +42,7 @@ def require_number(
     high_strict: bool = True,
     integer: bool = False,
 ) -> None:
-    """Raise :class:`ConfigError` unless ``value`` is a number in the allowed range.
+    """Raise :class:`ConfigError` unless ``value`` is a finite number in the allowed range.
 
     Args:
         key: the config key, for the message.
@@ -58,8 +59,8 @@ def require_number(
     if high is not None:
         allowed = f"{kind} in {'(' if strict else '['}{low}, {high}{')' if high_strict else ']'}"
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
-    if not ok_type or isinstance(value, bool):
-        raise ConfigError(key, value, allowed)
+    if not ok_type or isinstance(value, bool) or not math.isfinite(value):  # inf and nan are never allowed
+        raise ConfigError(key, value, f"a finite {allowed.removeprefix('a ')}" if ok_type else allowed)
     if not (value > low if strict else value >= low):  # also refuses nan
         raise ConfigError(key, value, allowed)
     if high is not None and not (value < high if high_strict else value <= high):
@@ -80,6 +81,34 @@ def require_choice(key: str, value: Any, allowed: tuple[str, ...] | list[str]) -
 class JobInterrupted(RunFailed):
     """A run stopped from outside before it finished (SLURM's time-limit warning signal);
     its checkpoint was saved. Recorded with status ``killed``."""
+
+
+def from_omegaconf(err: Exception) -> ConfigError:
+    """An OmegaConf error met while reading the composed config (a key deleted with ``~``,
+    a value left ``???``, an interpolation that does not resolve) as a :class:`ConfigError`
+    naming the key: ``seed='???' is not allowed: expected a value (Missing mandatory value)``.
+    """
+    key = getattr(err, "full_key", None) or getattr(err, "key", None) or "config"
+    message = (getattr(err, "msg", None) or str(err)).strip().splitlines()[0]
+    name = type(err).__name__
+    if name == "MissingMandatoryValue":
+        return ConfigError(str(key), "???", f"a value ({message})")
+    if "Interpolation" in name:
+        return ConfigError(
+            str(key), getattr(err, "value", None) or "${...}", f"an interpolation that resolves ({message})"
+        )
+    return ConfigError(str(key), "(none)", f"a key of the project's config ({message})")
+
+
+@contextmanager
+def one_line_config_errors() -> Iterator[None]:
+    """Turn OmegaConf's errors raised inside the block into :class:`ConfigError` (:func:`from_omegaconf`)."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        yield
+    except OmegaConfBaseException as err:
+        raise from_omegaconf(err) from None
 
 
 def exit_with(message: str, code: int = 2) -> NoReturn:
