@@ -61,13 +61,10 @@ class DigitpairsSlurmLauncher(_SubmititSlurmLauncher):
 
     def setup(self, **kwargs: Any) -> None:
         from digitpairs.sweeps.slurm import check_time_limit
-        from digitpairs.utils.errors import ConfigError
+        from digitpairs.utils.errors import one_line_errors
 
-        try:
+        with one_line_errors():  # before the sweeper composes or submits anything
             check_time_limit(self.params.get("timeout_min"), self.params.get("signal_delay_s"))
-        except ConfigError as err:  # before the sweeper composes or submits anything
-            print(f"error: {err}", file=sys.stderr)
-            sys.exit(2)
         super().setup(**kwargs)
 
     def _executor(self) -> Any:
