@@ -97,9 +97,9 @@ CASES = {  # id: (overrides, key, value as printed, what is allowed (start))
     "val_fraction_one": (["data.val_fraction=1.0"], "data.val_fraction", "1.0", "a number in [0, 1)"),
     "val_fraction_negative": (["data.val_fraction=-0.1"], "data.val_fraction", "-0.1", "a number in [0, 1)"),
     "n_pairs_too_many": (["data.n_pairs=5001"], "data.n_pairs", "5001", "1..5000 for pool idx:t10k of 10000 images"),
-    "batch_size": (["data.batch_size=0"], "data.batch_size", "0", "an integer >= 2"),
+    "batch_size": (["data.batch_size=0"], "data.batch_size", "0", "an integer in [2, 1000000]"),
     # BatchNorm1d cannot train on one pair: refused before training, not a traceback mid-epoch
-    "batch_size_one": (["data.batch_size=1"], "data.batch_size", "1", "an integer >= 2"),
+    "batch_size_one": (["data.batch_size=1"], "data.batch_size", "1", "an integer in [2, 1000000]"),
     "one_training_pair": (
         ["data.n_pairs=2", "data.val_fraction=0.5"],
         "data.val_fraction",
@@ -107,8 +107,8 @@ CASES = {  # id: (overrides, key, value as printed, what is allowed (start))
         "a share of data.n_pairs=2 leaving >= 1 validation pair and >= 2 training pairs",
     ),
     "one_pair": (["data.n_pairs=1", "data.val_fraction=0"], "data.n_pairs", "1", "an integer >= 2"),
-    "max_epochs": (["trainer.max_epochs=0"], "trainer.max_epochs", "0", "an integer >= 1"),
-    "seed": (["seed=-1"], "seed", "-1", "an integer >= 0"),
+    "max_epochs": (["trainer.max_epochs=0"], "trainer.max_epochs", "0", "an integer in [1, 100000]"),
+    "seed": (["seed=-1"], "seed", "-1", "an integer in [0, 4294967295]"),
     "idx_missing": (["data.source=idx", "data.root={missing}"], "data.root", "'{missing}'", "an existing folder"),
     "idx_no_files": (
         ["data.source=idx", "data.root={empty}"],

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from digitpairs.models.rules import RULES
 from digitpairs.utils.errors import (
@@ -123,8 +123,11 @@ def check_config(cfg: DictConfig) -> None:
     values = cfg.copy()  # every value but the overrides as typed (which may look like interpolations)
     with open_dict(values):
         values.pop("overrides", None)
-    with one_line_config_errors():
-        OmegaConf.to_container(values, resolve=True, throw_on_missing=True)
+    with one_line_config_errors():  # the keys that others interpolate first, so that an error names its source
+        for key in sorted(values, key=lambda k: k in ("model", "callbacks", "logger")):
+            node = values[key]
+            if isinstance(node, (DictConfig, ListConfig)):
+                OmegaConf.to_container(node, resolve=True, throw_on_missing=True)
     require_number("loss.alpha", cfg.loss.alpha, 0)  # convnet and ws ignore alpha; a negative one is still wrong
     if cfg.threads is not None:
         require_number("threads", cfg.threads, 1, integer=True, high=MAX_THREADS, high_strict=False)
