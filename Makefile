@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.install-stamp
 ARGS    ?=
 SWEEP   ?=
 
-.PHONY: help install train test lint format test-slurm sweep grid study beyond report tensorboard bench clean
+.PHONY: help install train test lint format test-slurm sweep grid study beyond pretrained report tensorboard bench clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -56,6 +56,11 @@ study: install  ## 3 models x 15 seeds x 50 epochs, then the report (ARGS="model
 
 beyond: install  ## the best model (recipe=beyond) and ws_aux, 15 seeds each, then the report
 	$(PY) train.py -m experiment=beyond $(PLAN) $(ARGS)
+
+pretrained: install  ## retrain the shipped models (recipe=beyond and ws_aux, seed 0) into pretrained/
+	rm -rf outputs/pretrained
+	$(PY) train.py -m experiment=beyond seed=0 hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1 hydra.sweep.dir=outputs/pretrained hydra.callbacks.sweep_summary.report=false
+	$(PY) -m digitpairs.inference.pretrained outputs/pretrained
 
 report: install  ## (re)build the report of a sweep: make report SWEEP=outputs/multirun/<folder>
 	$(PY) -m digitpairs.sweeps.report $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multirun/*))))

@@ -1,8 +1,9 @@
-"""Compare two pictures of digits with a trained model.
+"""Compare two pictures of digits with a model: the shipped best one, or your own.
 
-    python predict.py <checkpoint> <first image> <second image>      # PNG or JPEG, any size, grey or colour
-    python predict.py <checkpoint> --mnist-test 0 1                   # digits 0 and 1 of a source's test pool
-    python predict.py <checkpoint> examples/two.png examples/seven_black_on_white.png --json
+    python predict.py <first image> <second image>                    # PNG or JPEG; the shipped best model
+    python predict.py --model ws_aux <first image> <second image>     # the shipped study model
+    python predict.py <checkpoint or run folder> <first image> <second image>
+    python predict.py --mnist-test 0 1                                # digits 0 and 1 of the MNIST test set
 
 Prints one line, e.g. ``first: 2 (p=0.99)  second: 7 (p=0.98)  2 <= 7: yes (p=0.999)``;
 with --json one object with the keys first, second, first_probs, second_probs, le, p_le.
@@ -17,12 +18,22 @@ from pathlib import Path
 
 def parse(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Compare two digit images with a trained digitpairs checkpoint: is first <= second?",
-        epilog="example: python predict.py outputs/runs/<time>/checkpoints/last.ckpt "
-        "examples/two.png examples/seven_black_on_white.png",
+        description="Compare two digit images with a digitpairs model: is the first digit <= the second?",
+        epilog="examples: python predict.py examples/two.png examples/seven_black_on_white.png  (the shipped best "
+        "model); python predict.py --model ws_aux a.png b.png; python predict.py outputs/runs/<time> a.png b.png",
     )
-    parser.add_argument("checkpoint", help="a checkpoint of a run (<run>/checkpoints/last.ckpt) or a run folder")
-    parser.add_argument("images", nargs="*", metavar="image", help="the first and the second image (PNG or JPEG)")
+    parser.add_argument(
+        "args",
+        nargs="*",
+        metavar="[checkpoint] image",
+        help="the first and the second image (PNG or JPEG), after an optional checkpoint or run folder",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="beyond (the shipped best model, the default), ws_aux (the shipped study model), "
+        "or a checkpoint file or run folder",
+    )
     parser.add_argument(
         "--mnist-test",
         nargs=2,
@@ -40,30 +51,53 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def split_args(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """``(model, images)``: a leading checkpoint among the positional arguments (three of
+    them, one with ``--mnist-test``, or a ``.ckpt`` file or folder first) is the model, as
+    ``--model`` would give it.
+
+    Raises:
+        ConfigError: a checkpoint given twice, or a count of images that is not two (none
+            with ``--mnist-test``).
+    """
+    from digitpairs.inference.pretrained import DEFAULT
+    from digitpairs.utils.errors import ConfigError
+
+    images = list(args.args)
+    wanted = 0 if args.mnist_test else 2
+    model = args.model
+    looks_like_model = bool(images) and (images[0].endswith(".ckpt") or Path(images[0]).is_dir())
+    if len(images) == wanted + 1 or looks_like_model:
+        if model is not None:
+            raise ConfigError("--model", model, "no second model: a checkpoint is also given before the images")
+        model = images.pop(0)
+    if len(images) != wanted:
+        allowed = "two image files, or --mnist-test I J"
+        if args.mnist_test:
+            allowed = "no image files together with --mnist-test"
+        raise ConfigError("image", " ".join(images) or "(none)", allowed)
+    return model or DEFAULT, images
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     from digitpairs.utils.errors import ConfigError, exit_with
     from digitpairs.utils.io import project_path
 
     try:
-        if args.mnist_test and args.images:
-            raise ConfigError("image", " ".join(args.images), "no image files together with --mnist-test")
-        if not args.mnist_test and len(args.images) != 2:
-            raise ConfigError("image", " ".join(args.images) or "(none)", "two image files, or --mnist-test I J")
+        model_arg, images = split_args(args)
         from digitpairs.inference.predict import compare, human_line, load_digit, load_model, mnist_test_digit
+        from digitpairs.inference.pretrained import resolve_model
 
-        ckpt = Path(args.checkpoint)
-        if ckpt.is_dir() and (ckpt / "checkpoints" / "last.ckpt").is_file():
-            ckpt = ckpt / "checkpoints" / "last.ckpt"
-        model, mean, std = load_model(str(ckpt))
+        model, mean, std = load_model(str(resolve_model(model_arg)))
         if args.mnist_test:
             digits = [mnist_test_digit(i, args.source, str(project_path(args.root))) for i in args.mnist_test]
         else:
             names = ("first_image", "second_image")
-            digits = [load_digit(path, name) for path, name in zip(args.images, names, strict=True)]
+            digits = [load_digit(path, name) for path, name in zip(images, names, strict=True)]
     except ConfigError as err:
         exit_with(str(err), 2)
-    for name, digit in zip(("first", "second"), digits, strict=False):
+    for name, digit in zip(("first", "second"), digits, strict=True):
         if digit.inverted:
             print(f"note: the {name} image has a light background: inverted to a white digit on black", file=sys.stderr)
     result = compare(model, digits[0].image, digits[1].image, mean, std)

@@ -54,8 +54,12 @@ NOT_RUN = {  # command start -> why it is not run here
     "make tensorboard": "a server: tests/test_tensorboard.py serves one",
     "tensorboard ": "a server: tests/test_tensorboard.py serves one",
 }
-MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "study", "beyond", "report"}
-DOCS = [PROJECT_ROOT / "README.md", *sorted((PROJECT_ROOT / "docs").glob("*.md"))]
+MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "study", "beyond", "report", "pretrained"}
+DOCS = [
+    PROJECT_ROOT / "README.md",
+    *sorted((PROJECT_ROOT / "docs").glob("*.md")),
+    PROJECT_ROOT / "pretrained" / "README.md",
+]
 QUICK_SCRIPTS = {"benchmarks/ablation.py"}  # run for real: they only read sweep folders
 MODULES = {"digitpairs.sweeps.report", "digitpairs.sweeps.plan", "digitpairs.sweeps.summary"}
 JOBS_PER_COMMAND = 3  # composed per sweep: the first job and the first of each model

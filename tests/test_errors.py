@@ -13,7 +13,7 @@ import re
 import pytest
 from conftest import read_metrics, run_train
 
-ERROR_LINE = re.compile(r"^error: (?P<key>[\w.]+)=(?P<value>.+) is not allowed: expected (?P<allowed>.+)$")
+ERROR_LINE = re.compile(r"^error: (?P<key>[\w.-]+)=(?P<value>.+) is not allowed: expected (?P<allowed>.+)$")
 
 
 def one_error_line(stderr: str) -> re.Match:

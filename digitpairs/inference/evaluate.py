@@ -36,12 +36,17 @@ def find_checkpoints(path: str | Path) -> tuple[list[Path], bool]:
     """The checkpoints that ``ckpt_path`` names, and whether it is a sweep folder.
 
     A file is one checkpoint; a run folder gives its ``checkpoints/last.ckpt``; a sweep
-    folder gives every ``<job>/checkpoints/last.ckpt``, in job order.
+    folder gives every ``<job>/checkpoints/last.ckpt``, in job order; ``beyond`` or
+    ``ws_aux`` (not a path that exists) is a shipped model (:mod:`digitpairs.inference.pretrained`).
 
     Raises:
         ConfigError: no such file or folder, or a folder without checkpoints.
     """
+    from digitpairs.inference.pretrained import NAMES, pretrained_path
+
     p = Path(path)
+    if not p.exists() and str(path) in NAMES:  # a shipped model: beyond or ws_aux
+        return [pretrained_path(str(path))], False
     if p.is_file():
         return [p], False
     if p.is_dir():
@@ -119,12 +124,14 @@ def decision_rules(model, logits: torch.Tensor, digit_logits: torch.Tensor | Non
 
 
 def own_metrics(ckpt_file: Path) -> dict[str, Any]:
-    """The ``metrics.json`` of the run that wrote ``<run>/checkpoints/last.ckpt`` ({} if none)."""
-    f = ckpt_file.parent.parent / "metrics.json"
-    try:
-        return json.loads(f.read_text())
-    except (OSError, ValueError):
-        return {}
+    """The ``metrics.json`` of the run that wrote the checkpoint: ``<run>/metrics.json`` for
+    ``<run>/checkpoints/last.ckpt``, or the one beside a shipped ``model.ckpt`` ({} if none)."""
+    for f in (ckpt_file.parent.parent / "metrics.json", ckpt_file.parent / "metrics.json"):
+        try:
+            return json.loads(f.read_text())
+        except (OSError, ValueError):
+            continue
+    return {}
 
 
 def evaluate_one(ckpt_file: Path, data: DictConfig, root: str, seed: int | None) -> dict[str, Any]:
