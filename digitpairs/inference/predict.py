@@ -132,7 +132,7 @@ def load_digit(path: str | Path, key: str) -> Digit:
         raise ConfigError(key, str(path), f"an existing {IMAGE}")
     try:
         with Image.open(file) as img:
-            grey = grey_pixels(img, key, str(path))
+            return prepare_image(img, key, str(path))
     except ConfigError:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours: refused at the header
@@ -141,7 +141,16 @@ def load_digit(path: str | Path, key: str) -> Digit:
         ) from None
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise ConfigError(key, str(path), f"an {IMAGE}; this file is not one ({type(err).__name__})") from None
-    frame, inverted = mnist_frame(grey, key, str(path))
+
+
+def prepare_image(img, key: str = "image", value: str = "?") -> Digit:
+    """An opened PIL image -> the 14x14 digit the models read (:func:`grey_pixels`, then
+    :func:`mnist_frame`, then the 2x2 average of the protocol).
+
+    Raises:
+        ConfigError: an image over the size limit, or one with no digit to find.
+    """
+    frame, inverted = mnist_frame(grey_pixels(img, key, value), key, value)
     return Digit(downsample(frame[None])[0], inverted)
 
 
