@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.install-stamp
 ARGS    ?=
 SWEEP   ?=
 
-.PHONY: help install train test lint format test-slurm sweep grid study beyond pretrained report tensorboard bench clean
+.PHONY: help install train test lint format test-slurm sweep grid study beyond pretrained report tensorboard bench clean demo test-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -31,7 +31,7 @@ format: install  ## ruff: fix what it can and format the code
 	$(VENV)/bin/ruff format .
 
 test: install  ## run the test suite
-	$(PY) -m pytest -q -n 2 $(ARGS)  # two workers (pytest-xdist): the tests spend half their time in one-thread subprocesses
+	$(PY) -m pytest -q -n 2 -m "not browser" $(ARGS)  # two workers (pytest-xdist): the tests spend half their time in one-thread subprocesses
 
 test-slurm: install  ## start a one-node SLURM cluster here (root, Debian), run the SLURM tests, stop it (scripts/test-slurm.sh)
 	PY=$(PY) scripts/test-slurm.sh $(ARGS)
@@ -61,6 +61,18 @@ pretrained: install  ## retrain the shipped models (recipe=beyond and ws_aux, se
 	rm -rf outputs/pretrained
 	$(PY) train.py -m experiment=beyond seed=0 hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1 hydra.sweep.dir=outputs/pretrained hydra.callbacks.sweep_summary.report=false
 	$(PY) -m digitpairs.inference.pretrained outputs/pretrained
+
+demo: install  ## the web page where you draw two digits, on http://127.0.0.1:7860 (ARGS="--port 8000 --model <ckpt>")
+	@$(PY) -c 'import gradio' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check -e '.[demo]'
+	$(PY) -m digitpairs.inference.demo $(ARGS)
+
+test-browser: install  ## the demo in headless Chromium (apt-installs chromium and chromium-driver as root; about 10 min)
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	  { test "$$(id -u)" = 0 || { echo "test-browser: needs chromium and chromium-driver (apt-get install chromium chromium-driver, as root)"; exit 2; }; \
+	    export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium chromium-driver >/dev/null || \
+	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }
+	@$(PY) -c 'import gradio, selenium' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check -e '.[demo]'
+	$(PY) -m pytest -q -s -m browser tests/test_browser.py $(ARGS)
 
 report: install  ## (re)build the report of a sweep: make report SWEEP=outputs/multirun/<folder>
 	$(PY) -m digitpairs.sweeps.report $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multirun/*))))

@@ -54,7 +54,7 @@ FLAGS = [
     "--enable-unsafe-swiftshader",
     "--window-size=1400,1500",
 ]
-HAND_DRAWN_FLOOR = {"beyond": 0.8, "ws_aux": 0.7}  # digit accuracy on the 50 scripted digits
+HAND_DRAWN_FLOOR = {"beyond": 0.9, "ws_aux": 0.9}  # digit accuracy on the 50 scripted digits (measured: 100 %, 98 %)
 
 
 def free_port() -> int:
@@ -171,16 +171,27 @@ class Page:
         return int(lines[1]) if len(lines) > 1 and lines[1].isdigit() else None
 
     def choose_model(self, name: str) -> None:
-        box = self.d.find_element(By.CSS_SELECTOR, "#model input")
-        box.click()
-        option = self.wait(
-            lambda: next(
-                o for o in self.d.find_elements(By.CSS_SELECTOR, "li[role='option']") if o.text.strip() == name
-            ),
-            f"no option {name}",
-        )
-        option.click()
-        self.leave()
+        """Pick ``name`` in the model dropdown (its list opens on a click; a second try if it did not)."""
+        for attempt in range(3):
+            self.d.find_element(By.CSS_SELECTOR, "#model input").click()
+            try:
+                option = self.wait(
+                    lambda: next(
+                        o  # the chosen one reads "✓ name"
+                        for o in self.d.find_elements(By.CSS_SELECTOR, "li[role='option']")
+                        if o.is_displayed() and o.text.split()[-1:] == [name]
+                    ),
+                    f"no option {name}",
+                    timeout=5,
+                )
+            except AssertionError:
+                if attempt == 2:
+                    raise
+                self.leave()
+                continue
+            option.click()
+            self.leave()
+            return
 
 
 def test_draw_a_two_and_a_seven_and_read_the_answer(server, browser, tmp_path):
@@ -194,6 +205,8 @@ def test_draw_a_two_and_a_seven_and_read_the_answer(server, browser, tmp_path):
     assert (page.top_class("first"), page.top_class("second")) == (2, 7)
     browser.save_screenshot(str(tmp_path / "two-seven.png"))
     assert (tmp_path / "two-seven.png").stat().st_size > 10_000
+    if os.environ.get("DEMO_SCREENSHOT"):  # the README's picture: DEMO_SCREENSHOT=docs/figures/demo.png
+        shutil.copy(tmp_path / "two-seven.png", os.environ["DEMO_SCREENSHOT"])
     page.clear("first")
     page.clear("second")
     page.draw("first", jittered(7, rng))
@@ -267,7 +280,7 @@ def test_hand_drawn_digits(server, browser, tmp_path):
             page.clear("first")
             page.wait(lambda: "first box" in page.text("verdict"), "the first canvas did not clear")
             page.draw("first", strokes, wide=wide)
-            for name in ("beyond", "ws_aux"):
+            for name in ("beyond", "ws_aux") if n % 2 == 0 else ("ws_aux", "beyond"):  # one switch per digit
                 if not page.text("p-le").endswith(f"({name})"):
                     page.choose_model(name)
                 page.wait(

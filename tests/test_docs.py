@@ -52,6 +52,8 @@ NOT_RUN = {  # command start -> why it is not run here
     "make bench": "a benchmark of minutes (benchmarks/speed.py)",
     "make clean": "deletes the project's outputs/",
     "make tensorboard": "a server: tests/test_tensorboard.py serves one",
+    "make demo": "a web server: tests/test_browser.py serves it and drives it in Chromium (make test-browser)",
+    "make test-browser": "headless Chromium: its own CI step (tests/test_browser.py)",
     "tensorboard ": "a server: tests/test_tensorboard.py serves one",
 }
 MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "study", "beyond", "report", "pretrained"}

@@ -147,10 +147,9 @@ def build(comparer: Comparer, default: str):
                         )
                     with gr.Tab("upload"):
                         uploads.append(
-                            gr.Image(
+                            gr.File(  # not gr.Image: Gradio would decode it and a bad file would be a traceback
                                 label=f"{label} digit (an image file; it takes the drawing's place)",
                                 type="filepath",
-                                sources=["upload"],
                                 elem_id=f"{label}-upload",
                             )
                         )
