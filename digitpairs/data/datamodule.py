@@ -133,6 +133,12 @@ class PairDataModule(L.LightningDataModule):
             len(self.sets["train"]), self.n_val, len(self.sets["test"]),
         )
 
+    def fit_digits(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The training pairs' digits one by one, normalised and not augmented:
+        ``(float32 (2n, 1, 14, 14), int64 (2n,))`` for ``n`` training pairs."""
+        x, _, classes = self.sets["train"].tensors
+        return x.reshape(-1, 1, *x.shape[2:]), classes.reshape(-1)
+
     def _loader(self, name: str, train: bool = False) -> DataLoader:
         ds = self.sets[name]
         n = len(ds)

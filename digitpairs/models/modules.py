@@ -23,7 +23,11 @@ from torch import nn
 from digitpairs.models.base import PairModule
 from digitpairs.models.nets import TRUNKS, ConvNet, TwoBranchNet, make_trunk
 from digitpairs.models.rules import RULES, rule_logits
+from digitpairs.models.scatter import ScatterSVM
 from digitpairs.utils.errors import require_choice, require_number
+
+SECONDS = ("none", "scatter_svm")  # model.second: the kinds of second member
+SECOND_SEED = 0  # the SVM's affine copies and its Platt cross-validation are drawn from this seed
 
 
 class ConvNetModule(PairModule):
@@ -118,29 +122,82 @@ class DigitClassifierModule(PairModule):
     Loss ``alpha * (CE(digit1) + CE(digit2))`` (the auxiliary losses of ``ws_aux`` alone),
     logged as ``train/loss_digit1`` and ``train/loss_digit2``; ``gamma`` is not used.
 
+    A second kind of member (``second=scatter_svm``, :class:`~digitpairs.models.scatter.ScatterSVM`):
+    an RBF SVM on scattering features, fitted when training ends (``on_fit_end``) on the
+    training pairs' digits, each with ``second_copies - 1`` random affine copies (the test-time
+    views' strengths). From then on evaluation mixes the digit probabilities,
+    ``(1 - w) p_cnn + w p_svm`` with ``w = second_weight``, before the decision rule. It is
+    kept in the checkpoint as tensors; ``second_weight=0`` gives the CNN's probabilities exactly.
+
     Args:
         alpha: weight of each digit loss, > 0.
         trunk: ``table1``, ``wide`` or ``compact`` (:mod:`digitpairs.models.nets`).
         decision: ``prob`` (the default; ``comparator`` is the same) or ``argmax``.
+        second: ``none`` or ``scatter_svm``.
+        second_weight: ``w`` in [0, 1].
+        second_copies: training images per digit for the SVM, an integer >= 1 (the digit
+            itself and ``second_copies - 1`` random affine copies).
+        second_C: the SVM's penalty, > 0.
+        second_J: scattering scales, 1 or 2.
         **kwargs: see :class:`PairModule`.
 
     ``forward(x)``: ``float32 (B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``.
     Parameters: 94,314 per member with ``trunk=compact``.
 
     Raises:
-        ConfigError: ``alpha`` <= 0, an unknown ``trunk`` or ``decision`` (and see :class:`PairModule`).
+        ConfigError: ``alpha`` <= 0, an unknown ``trunk``, ``decision`` or ``second``, or a
+            ``second_*`` value out of its range (and see :class:`PairModule`).
     """
 
     has_aux = True
     loss_terms = ("digit1", "digit2")
 
-    def __init__(self, alpha: float = 0.75, trunk: str = "compact", decision: str = "prob", **kwargs) -> None:
+    def __init__(
+        self,
+        alpha: float = 0.75,
+        trunk: str = "compact",
+        decision: str = "prob",
+        second: str = "none",
+        second_weight: float = 0.2,
+        second_copies: int = 5,
+        second_C: float = 10.0,
+        second_J: int = 2,
+        **kwargs,
+    ) -> None:
         require_number("loss.alpha", alpha, 0, strict=True)
         require_choice("model.trunk", trunk, TRUNKS)
         require_choice("model.decision", decision, RULES)
+        require_choice("model.second", second, SECONDS)
+        require_number("model.second_weight", second_weight, 0, high=1, high_strict=False)
+        require_number("model.second_copies", second_copies, 1, integer=True, high=100, high_strict=False)
+        require_number("model.second_C", second_C, 0, strict=True, high=1e6, high_strict=False)
+        require_number("model.second_J", second_J, 1, integer=True, high=2, high_strict=False)
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False)
         self.build_net(lambda: make_trunk(trunk, 1, 10))
+        self.second = ScatterSVM(J=second_J, C=second_C) if second == "scatter_svm" else None
+
+    def on_fit_end(self) -> None:
+        """Fit the second member (if any) on the training digits and their affine copies."""
+        if self.second is None:
+            return
+        digits, classes = self.trainer.datamodule.fit_digits()
+        digits, classes = digits.to(self.device), classes.to(self.device)
+        views = [digits]
+        background = digits.amin(dim=(-2, -1), keepdim=True)
+        with torch.random.fork_rng(devices=[digits.device] if digits.device.type == "cuda" else []):
+            torch.manual_seed(SECOND_SEED)
+            views += [self.tta_views.draw(digits, background) for _ in range(self.hparams.second_copies - 1)]
+        self.second.fit(torch.cat(views), classes.repeat(len(views)), seed=SECOND_SEED)
+
+    def mix(self, x: torch.Tensor, digit_logits: torch.Tensor) -> torch.Tensor:
+        """``log((1 - w) softmax(digit_logits) + w p_svm(x))``: ``(B, 2, 10)`` log-probabilities
+        (``digit_logits`` unchanged while no second member is fitted, or with ``w = 0``)."""
+        w = self.hparams.get("second_weight", 0.0)
+        if self.second is None or not self.second.fitted or w == 0:
+            return digit_logits
+        p_svm = self.second(x.reshape(-1, 1, *x.shape[2:])).view(digit_logits.shape)
+        return torch.log((1 - w) * digit_logits.float().softmax(dim=-1) + w * p_svm)
 
     def forward_net(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``: both digits in one call."""
@@ -150,7 +207,8 @@ class DigitClassifierModule(PairModule):
 
     def forward(self, x: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         logits, digits = super().forward(x, tta)
-        if not self.training:  # the rule on the mean posteriors of the members and views
+        if not self.training:  # the rule on the mean posteriors of the members and views (and the second member)
+            digits = self.mix(x, digits)
             logits = rule_logits(digits)
         return logits, digits
 

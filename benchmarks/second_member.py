@@ -1,0 +1,105 @@
+"""How much the second member (``model.second=scatter_svm``) helps, on the validation split only.
+
+The sweep that chooses it trains ``recipe=beyond`` with the member on the 800 fit pairs of
+each seed (the default 20 % validation split)::
+
+    python benchmarks/second_member.py --command      # print the sweep's command
+    python benchmarks/second_member.py SWEEP          # the table, from its checkpoints
+
+For every job the script rebuilds its validation pairs from the job's own config, reads
+the CNN members' digit probabilities (with their test-time views) and the SVM's, and scores
+the mixture ``(1 - w) p_cnn + w p_svm`` for each ``w`` of ``--weights`` (0: the recipe
+without the member; the SVM is trained once, so every ``w`` shares the same networks). It
+prints the digit and pair errors summed over the seeds, and per seed the change against
+``w = 0`` (mean ± standard error, and its t), paired by seed. No test pair is read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from digitpairs.models.rules import decide  # noqa: E402
+from digitpairs.training import checkpoint as ckpt_io  # noqa: E402
+
+COMMAND = (
+    "python train.py -m recipe=beyond model.second=scatter_svm 'seed=range(1,16)' hydra/launcher=joblib "
+    "hydra.launcher.n_jobs=2 threads=1 trainer.check_val_every_n_epoch=10 trainer.enable_progress_bar=false "
+    "hydra.sweep.dir=outputs/multirun/second-member-val"
+)
+
+
+def job_errors(job: Path, weights: list[float]) -> dict[float, tuple[int, int]]:
+    """``{w: (digit errors, pair errors)}`` on one job's validation pairs."""
+    from hydra.utils import instantiate
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
+    dm = instantiate(cfg.data)
+    dm.setup()
+    x, target, classes = dm.sets["val"].tensors
+    model = ckpt_io.build_model(ckpt_io.load(job / "checkpoints" / "last.ckpt"))
+    torch.set_num_threads(1)
+    with torch.no_grad():
+        model.hparams.second_weight = 0.0
+        _, cnn = model(x)  # the members' mean log-probabilities over the pair and its views
+        p_cnn = cnn.softmax(dim=-1)
+        p_svm = model.second(x.reshape(-1, 1, *x.shape[2:])).view(p_cnn.shape)
+    out = {}
+    for w in weights:
+        digits = torch.log((1 - w) * p_cnn + w * p_svm)
+        pred = decide("prob", None, digits)
+        out[w] = (int((digits.argmax(-1) != classes).sum()), int((pred != target).sum()))
+    return out
+
+
+def table(sweep: Path, weights: list[float]) -> str:
+    jobs = sorted(p.parent.parent for p in sweep.glob("*/checkpoints/last.ckpt"))
+    if not jobs:
+        raise SystemExit(f"{sweep}: no <job>/checkpoints/last.ckpt")
+    per_job = [job_errors(job, weights) for job in jobs]
+    lines = [
+        f"{len(jobs)} seeds, validation split only ({sweep})",
+        "| w | digit errors | pair errors | digit errors per seed vs w=0 (± se, t) "
+        "| pair errors per seed vs w=0 (± se) |",
+        "|---|---|---|---|---|",
+    ]
+    for w in weights:
+        d = [r[w][0] - r[0.0][0] for r in per_job]
+        p = [r[w][1] - r[0.0][1] for r in per_job]
+
+        def ms(v: list[int]) -> tuple[float, float]:
+            return statistics.mean(v), statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else math.nan
+
+        (dm, ds), (pm, ps) = ms(d), ms(p)
+        t = dm / ds if ds and not math.isnan(ds) else math.nan
+        lines.append(
+            f"| {w:g} | {sum(r[w][0] for r in per_job)} | {sum(r[w][1] for r in per_job)} "
+            f"| {dm:+.2f} ± {ds:.2f} (t = {t:.1f}) | {pm:+.2f} ± {ps:.2f} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", nargs="?", type=Path, help="the sweep folder of the command (--command)")
+    parser.add_argument("--weights", default="0,0.1,0.2,0.33,0.5,1", help="comma-separated w in [0, 1]")
+    parser.add_argument("--command", action="store_true", help="print the sweep's command")
+    args = parser.parse_args()
+    if args.command or args.sweep is None:
+        print(COMMAND)
+        return
+    weights = sorted({0.0, *(float(w) for w in args.weights.split(","))})
+    print(table(args.sweep, weights))
+
+
+if __name__ == "__main__":
+    main()

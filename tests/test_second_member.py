@@ -1,0 +1,184 @@
+"""The second kind of member (``model.second=scatter_svm``): scattering features into an RBF SVM."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import warnings
+
+import pytest
+import torch
+from conftest import PROJECT_ROOT
+
+from digitpairs.data import load_pools
+from digitpairs.models.modules import DigitClassifierModule
+from digitpairs.models.scatter import KernelSVM, Scattering, ScatterSVM, couple
+from digitpairs.training.task import instantiate_checked
+from digitpairs.utils.errors import ConfigError
+
+
+@pytest.fixture(scope="module")
+def digits():
+    """600 training digits (60 per class) and 300 test digits of MNIST, normalised."""
+    train, test, _ = load_pools("auto", str(PROJECT_ROOT / "data" / "mnist"))
+    idx = torch.cat([torch.nonzero(train.labels == c).flatten()[:60] for c in range(10)])
+    mean, std = train.images[idx].mean(), train.images[idx].std()
+    norm = lambda a: ((a - mean) / std).unsqueeze(1)  # noqa: E731
+    return norm(train.images[idx]), train.labels[idx], norm(test.images[:300]), test.labels[:300]
+
+
+def test_kymatio_2d_frontend_gives_729_features_per_digit():
+    """The entry point this project uses (not ``kymatio.torch``, whose 3D code needs a
+    SciPy function removed in SciPy 1.15): fails loudly if a kymatio release moves it."""
+    from kymatio.scattering2d.frontend.torch_frontend import ScatteringTorch2D
+
+    x = torch.rand(3, 14, 14)
+    assert ScatteringTorch2D(J=2, shape=(14, 14))(x).shape == (3, 81, 3, 3)
+    f = Scattering(2)(x.unsqueeze(1))
+    assert f.shape == (3, 729) and f.dtype == torch.float32
+    assert Scattering(1)(x.unsqueeze(1)).shape == (3, 9 * 7 * 7)
+
+
+def test_svm_probabilities_are_libsvms_and_a_distribution(digits):
+    from sklearn.svm import SVC
+
+    x, y, xt, yt = digits
+    member = ScatterSVM(J=2, C=10.0).fit(x, y)
+    p = member(xt)
+    assert p.shape == (300, 10) and p.dtype == torch.float32
+    assert (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(300), atol=1e-5)
+    assert (p.argmax(1) == yt).float().mean() > 0.85  # 600 training digits: 0.93 measured
+    # the same numbers as scikit-learn's own predict_proba and decision_function
+    f_train = ((member.features(x) - member.mean) / member.std).double().numpy()
+    f_test = (member.features(xt) - member.mean) / member.std
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        svc = SVC(kernel="rbf", C=10.0, gamma="scale", probability=True, random_state=0)
+        svc.fit(f_train, y.numpy())
+        svc.decision_function_shape = "ovo"
+        ref = torch.from_numpy(svc.predict_proba(f_test.double().numpy()))
+        dec = torch.from_numpy(svc.decision_function(f_test.double().numpy()))
+    assert torch.allclose(member.svm.decision(f_test), dec, rtol=0, atol=1e-9)
+    assert torch.allclose(member.svm(f_test), ref, rtol=0, atol=1e-9)
+
+
+def test_coupling_of_consistent_pairwise_probabilities_recovers_the_classes():
+    p = torch.tensor([[0.5, 0.3, 0.2], [0.1, 0.1, 0.8]], dtype=torch.float64)
+    r = p.unsqueeze(2) / (p.unsqueeze(2) + p.unsqueeze(1))  # r[i, j] = p_i / (p_i + p_j)
+    assert torch.allclose(couple(r), p, atol=1e-3)
+
+
+def test_svm_needs_every_class(digits):
+    x, y, _, _ = digits
+    with pytest.raises(ValueError, match="every digit 0-9"):
+        KernelSVM().fit(torch.randn(20, 5), torch.arange(20) % 9, C=1.0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ScatterSVM()(x[:2])
+
+
+def fitted_module(digits, weight: float, second: str = "scatter_svm") -> DigitClassifierModule:
+    x, y, _, _ = digits
+    torch.manual_seed(0)
+    model = DigitClassifierModule(second=second, second_weight=weight, tta=2).eval()
+    if model.second is not None:
+        model.second.fit(x, y)
+    return model
+
+
+def test_checkpoint_round_trip_is_exact_with_weights_only(digits, tmp_path):
+    _, _, xt, _ = digits
+    model = fitted_module(digits, 0.2)
+    pairs = xt[:200].reshape(100, 2, 14, 14)
+    logits, digit_logits = model(pairs)
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, tmp_path / "m.ckpt")
+    ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
+    fresh = DigitClassifierModule(**ckpt["hyper_parameters"])  # a fresh member: no support vectors yet
+    assert not fresh.second.fitted
+    fresh.load_state_dict(ckpt["state_dict"])
+    fresh.eval()
+    again = fresh(pairs)
+    assert torch.equal(again[0], logits) and torch.equal(again[1], digit_logits)
+    assert ckpt["state_dict"]["second.svm.support"].dtype == torch.float64
+
+
+def test_weight_zero_is_the_recipe_exactly_and_weight_one_the_svm(digits):
+    _, _, xt, _ = digits
+    pairs = xt[:200].reshape(100, 2, 14, 14)
+    recipe = fitted_module(digits, 0.0, second="none")
+    zero = fitted_module(digits, 0.0)
+    assert all(torch.equal(a, b) for a, b in zip(recipe(pairs), zero(pairs), strict=True))
+    half = fitted_module(digits, 0.5)
+    assert not torch.equal(half(pairs)[1], recipe(pairs)[1])
+    one = fitted_module(digits, 1.0)
+    p_svm = one.second(pairs.reshape(-1, 1, 14, 14)).view(100, 2, 10)
+    assert torch.allclose(one(pairs)[1].exp(), p_svm, atol=1e-6)
+    mixed = 0.5 * recipe(pairs)[1].softmax(-1) + 0.5 * p_svm
+    assert torch.allclose(half(pairs)[1].exp(), mixed, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("model.second=knn", "model.second"),
+        ("model.second_weight=1.5", "model.second_weight"),
+        ("model.second_weight=-0.1", "model.second_weight"),
+        ("model.second_copies=0", "model.second_copies"),
+        ("model.second_copies=2.5", "model.second_copies"),
+        ("model.second_C=0", "model.second_C"),
+        ("model.second_J=3", "model.second_J"),
+    ],
+)
+def test_bad_second_member_keys_name_the_key(override, key, compose_cfg):
+    cfg = compose_cfg("recipe=beyond", override)
+    with pytest.raises(ConfigError, match=key):
+        instantiate_checked(cfg.model)
+
+
+def test_bad_second_member_key_is_one_line_and_exit_2(tmp_path):
+    from conftest import run_train
+
+    result = run_train(["recipe=beyond", "model.second_weight=2"], tmp_path, timeout=120)
+    assert result.returncode == 2
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "model.second_weight" in lines[0] and "[0, 1]" in lines[0], result.stderr
+
+
+def test_a_short_run_with_the_member_on_real_digits(tmp_path):
+    """recipe=beyond with the member, 3 epochs on 300 pairs: metrics.json holds every rule's
+    accuracy, the checkpoint holds the SVM, and evaluate.py reproduces the run's own figure."""
+    run_dir = tmp_path / "run"
+    cmd = [
+        sys.executable,
+        "train.py",
+        "recipe=beyond",
+        "model.second=scatter_svm",
+        "model.second_copies=2",
+        "model.tta=2",
+        "data.n_pairs=300",
+        "trainer.max_epochs=3",
+        "threads=1",
+        "logger=none",
+        "trainer.enable_progress_bar=false",
+        f"hydra.run.dir={run_dir}",
+    ]
+    proc = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert m["status"] == "ok" and m["decision"] == "prob"
+    for rule in ("comparator", "argmax", "prob"):
+        assert set(m["rule_acc"][rule]) == {"train", "val", "test"}
+    assert m["test_acc"] == m["rule_acc"]["prob"]["test"] > 0.8  # 240 fit pairs, 3 epochs
+    ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
+    assert ckpt["state_dict"]["second.svm.support"].shape[1] == 729
+    out = subprocess.run(
+        [sys.executable, "evaluate.py", f"ckpt_path={run_dir}", f"hydra.run.dir={tmp_path / 'eval'}"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    record = record[0] if isinstance(record, list) else record
+    assert record["acc"] == pytest.approx(m["test_acc"], abs=1e-9)
