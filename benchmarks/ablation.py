@@ -71,6 +71,14 @@ ROWS = [
         None,
     ),
     ("+ ensemble of 2: recipe=beyond", "digit_classifier", "beyond", BEYOND, None, None),
+    (
+        "+ second member, scattering SVM, w = 0.2 (recipe=beyond_svm)",
+        "digit_classifier",
+        "10-second",
+        f"{BEYOND} recipe=beyond_svm",
+        None,
+        None,
+    ),
 ]
 
 

@@ -31,21 +31,23 @@ from digitpairs.models.rules import decide  # noqa: E402
 from digitpairs.training import checkpoint as ckpt_io  # noqa: E402
 
 COMMAND = (
-    "python train.py -m recipe=beyond model.second=scatter_svm 'seed=range(1,16)' hydra/launcher=joblib "
-    "hydra.launcher.n_jobs=2 threads=1 trainer.check_val_every_n_epoch=10 trainer.enable_progress_bar=false "
+    "python train.py -m recipe=beyond_svm 'seed=range(1,16)' hydra/launcher=joblib "
+    "hydra.launcher.n_jobs=2 threads=1 trainer.enable_progress_bar=false "
     "hydra.sweep.dir=outputs/multirun/second-member-val"
 )
 
 
-def job_errors(job: Path, weights: list[float]) -> dict[float, tuple[int, int]]:
-    """``{w: (digit errors, pair errors)}`` on one job's validation pairs."""
+def job_errors(job: Path, weights: list[float], split: str = "val") -> dict[float, tuple[int, int, int]]:
+    """``{w: (digit errors, pair errors, pairs)}`` on one job's ``split`` pairs (``val`` or ``test``)."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
     cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
     dm = instantiate(cfg.data)
     dm.setup()
-    x, target, classes = dm.sets["val"].tensors
+    if split not in dm.sets:
+        raise SystemExit(f"{job}: no {split} split (data.val_fraction=0?)")
+    x, target, classes = dm.sets[split].tensors
     model = ckpt_io.build_model(ckpt_io.load(job / "checkpoints" / "last.ckpt"))
     torch.set_num_threads(1)
     with torch.no_grad():
@@ -57,20 +59,21 @@ def job_errors(job: Path, weights: list[float]) -> dict[float, tuple[int, int]]:
     for w in weights:
         digits = torch.log((1 - w) * p_cnn + w * p_svm)
         pred = decide("prob", None, digits)
-        out[w] = (int((digits.argmax(-1) != classes).sum()), int((pred != target).sum()))
+        out[w] = (int((digits.argmax(-1) != classes).sum()), int((pred != target).sum()), len(target))
     return out
 
 
-def table(sweep: Path, weights: list[float]) -> str:
+def table(sweep: Path, weights: list[float], split: str = "val") -> str:
     jobs = sorted(p.parent.parent for p in sweep.glob("*/checkpoints/last.ckpt"))
+    jobs = [j for j in jobs if "second" in ckpt_io.load(j / "checkpoints" / "last.ckpt")["hyper_parameters"]]
     if not jobs:
         raise SystemExit(f"{sweep}: no <job>/checkpoints/last.ckpt")
-    per_job = [job_errors(job, weights) for job in jobs]
+    per_job = [job_errors(job, weights, split) for job in jobs]
     lines = [
-        f"{len(jobs)} seeds, validation split only ({sweep})",
-        "| w | digit errors | pair errors | digit errors per seed vs w=0 (± se, t) "
+        f"{len(jobs)} seeds, {'the validation split only' if split == 'val' else 'the test pairs'} ({sweep})",
+        "| w | digit errors | pair errors | pair accuracy % (mean ± std) | digit errors per seed vs w=0 (± se, t) "
         "| pair errors per seed vs w=0 (± se) |",
-        "|---|---|---|---|---|",
+        "|---|---|---|---|---|---|",
     ]
     for w in weights:
         d = [r[w][0] - r[0.0][0] for r in per_job]
@@ -81,8 +84,11 @@ def table(sweep: Path, weights: list[float]) -> str:
 
         (dm, ds), (pm, ps) = ms(d), ms(p)
         t = dm / ds if ds and not math.isnan(ds) else math.nan
+        acc = [100 * (1 - r[w][1] / r[w][2]) for r in per_job]
+        spread = statistics.stdev(acc) if len(acc) > 1 else math.nan
         lines.append(
             f"| {w:g} | {sum(r[w][0] for r in per_job)} | {sum(r[w][1] for r in per_job)} "
+            f"| {statistics.mean(acc):.2f} ± {spread:.2f} "
             f"| {dm:+.2f} ± {ds:.2f} (t = {t:.1f}) | {pm:+.2f} ± {ps:.2f} |"
         )
     return "\n".join(lines)
@@ -93,12 +99,15 @@ def main() -> None:
     parser.add_argument("sweep", nargs="?", type=Path, help="the sweep folder of the command (--command)")
     parser.add_argument("--weights", default="0,0.1,0.2,0.33,0.5,1", help="comma-separated w in [0, 1]")
     parser.add_argument("--command", action="store_true", help="print the sweep's command")
+    parser.add_argument(
+        "--split", choices=("val", "test"), default="val", help="test: the ablation row of a finished make beyond"
+    )
     args = parser.parse_args()
     if args.command or args.sweep is None:
         print(COMMAND)
         return
     weights = sorted({0.0, *(float(w) for w in args.weights.split(","))})
-    print(table(args.sweep, weights))
+    print(table(args.sweep, weights, args.split))
 
 
 if __name__ == "__main__":

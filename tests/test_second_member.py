@@ -180,5 +180,17 @@ def test_a_short_run_with_the_member_on_real_digits(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
-    record = record[0] if isinstance(record, list) else record
+    record = record["results"][0]
     assert record["acc"] == pytest.approx(m["test_acc"], abs=1e-9)
+    # the validation table of benchmarks/second_member.py, on this one run: w=0.2 is the run's own val figure
+    table = subprocess.run(
+        [sys.executable, "benchmarks/second_member.py", str(tmp_path), "--weights", "0.2,1"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert table.returncode == 0, table.stderr[-2000:]
+    rows = {line.split("|")[1].strip(): line.split("|") for line in table.stdout.splitlines() if line.startswith("| ")}
+    assert set(rows) >= {"0", "0.2", "1"}, table.stdout
+    assert int(rows["0.2"][3]) == round((1 - m["val_acc"]) * m["n_val"])

@@ -178,8 +178,10 @@ class DigitClassifierModule(PairModule):
         self.second = ScatterSVM(J=second_J, C=second_C) if second == "scatter_svm" else None
 
     def on_fit_end(self) -> None:
-        """Fit the second member (if any) on the training digits and their affine copies."""
-        if self.second is None:
+        """Fit the second member (if any) on the training digits and their affine copies,
+        once training has run all its epochs (a run stopped early, e.g. by a SLURM warning,
+        resumes and fits it when it finishes)."""
+        if self.second is None or self.trainer.current_epoch < self.trainer.max_epochs:
             return
         digits, classes = self.trainer.datamodule.fit_digits()
         digits, classes = digits.to(self.device), classes.to(self.device)
