@@ -145,14 +145,13 @@ def test_bad_second_member_key_is_one_line_and_exit_2(tmp_path):
 
 
 def test_a_short_run_with_the_member_on_real_digits(tmp_path):
-    """recipe=beyond with the member, 3 epochs on 300 pairs: metrics.json holds every rule's
+    """recipe=beyond_svm (the member in), 3 epochs on 300 pairs: metrics.json holds every rule's
     accuracy, the checkpoint holds the SVM, and evaluate.py reproduces the run's own figure."""
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable,
         "train.py",
-        "recipe=beyond",
-        "model.second=scatter_svm",
+        "recipe=beyond_svm",
         "model.second_copies=2",
         "model.tta=2",
         "data.n_pairs=300",
@@ -172,7 +171,13 @@ def test_a_short_run_with_the_member_on_real_digits(tmp_path):
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
     assert ckpt["state_dict"]["second.svm.support"].shape[1] == 729
     out = subprocess.run(
-        [sys.executable, "evaluate.py", f"ckpt_path={run_dir}", f"hydra.run.dir={tmp_path / 'eval'}"],
+        [
+            sys.executable,
+            "evaluate.py",
+            f"ckpt_path={run_dir}",
+            "data.n_pairs=300",
+            f"hydra.run.dir={tmp_path / 'eval'}",
+        ],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
