@@ -199,3 +199,32 @@ def test_a_short_run_with_the_member_on_real_digits(tmp_path):
     rows = {line.split("|")[1].strip(): line.split("|") for line in table.stdout.splitlines() if line.startswith("| ")}
     assert set(rows) >= {"0", "0.2", "1"}, table.stdout
     assert int(rows["0.2"][3]) == round((1 - m["val_acc"]) * m["n_val"])
+
+
+@pytest.mark.parametrize(
+    "key, value",
+    [
+        ("second.svm.coef", torch.zeros(7, 45, dtype=torch.float64)),  # not one row per support vector
+        ("second.svm.support", torch.zeros(3, 10, dtype=torch.float64)),  # not 729 features
+        ("second.mean", torch.zeros(5)),
+        ("second.svm.prob_a", torch.zeros(45, dtype=torch.int64)),
+    ],
+)
+def test_a_checkpoint_with_a_malformed_member_is_refused_at_load(key, value, digits, tmp_path):
+    """Untrusted input: sizes that do not fit each other are one line at load, not a
+    traceback from a matrix product at the first prediction."""
+    from digitpairs.training import checkpoint as ckpt_io
+
+    model = fitted_module(digits, 0.2)
+    state = model.state_dict()
+    state[key] = value
+    ckpt = {
+        "state_dict": state,
+        "hyper_parameters": dict(model.hparams),
+        ckpt_io.KEY: {"class": "DigitClassifierModule"},
+    }
+    fresh = DigitClassifierModule(**ckpt["hyper_parameters"])
+    with pytest.raises(RuntimeError, match=key.split(".")[-1]):
+        fresh.load_state_dict(state)
+    with pytest.raises(ConfigError, match="do not fit its model"):
+        ckpt_io.build_model(ckpt, value="m.ckpt")

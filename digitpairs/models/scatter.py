@@ -212,12 +212,39 @@ class ScatterSVM(nn.Module):
         f = (self.features(digits) - self.mean) / self.std
         return self.svm(f).float()
 
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs) -> None:
-        # a fitted state's buffers have the sizes of its fit (the number of support vectors):
-        # take them before loading, so that a fresh module loads any fitted state
+    def expected_shapes(self, n_support: int) -> dict[str, tuple[int, ...]]:
+        """The shape of each buffer of a state fitted with ``n_support`` support vectors."""
+        J = self.scattering.J
+        n = (1 + 8 * J + 64 * J * (J - 1) // 2) * (self.scattering.size // 2**J) ** 2  # 81 x 3 x 3 = 729 for J=2
+        pairs = len(PAIRS)
+        return {
+            "mean": (n,),
+            "std": (n,),
+            "svm.support": (n_support, n),
+            "svm.coef": (n_support, pairs),
+            "svm.intercept": (pairs,),
+            "svm.prob_a": (pairs,),
+            "svm.prob_b": (pairs,),
+            "svm.gamma": (),
+        }
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
+        # A fitted state is checked whole (a checkpoint is untrusted input: mismatched sizes
+        # would fail deep inside a matrix product later), then its buffers take its sizes
+        # (the number of support vectors), so that a fresh module loads any fitted state.
+        support = state_dict.get(prefix + "svm.support")
+        if isinstance(support, torch.Tensor) and support.numel() > 0:
+            shapes = self.expected_shapes(support.shape[0] if support.dim() == 2 else -1)
+            for key, shape in shapes.items():
+                value = state_dict.get(prefix + key)
+                if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or not value.is_floating_point():
+                    got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                    errors.append(f"{prefix}{key}: a floating-point tensor of shape {shape} expected, not {got}")
+            if errors:
+                return
         for module_prefix, module in ((prefix, self), (prefix + "svm.", self.svm)):
             for name, buf in module._buffers.items():
                 value = state_dict.get(module_prefix + name)
                 if isinstance(value, torch.Tensor) and buf is not None and value.shape != buf.shape:
                     module._buffers[name] = torch.empty_like(value, device=buf.device)
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
