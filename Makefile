@@ -62,8 +62,10 @@ pretrained: install  ## retrain the shipped models (recipe=beyond and ws_aux, se
 	$(PY) train.py -m experiment=beyond seed=0 hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1 hydra.sweep.dir=outputs/pretrained hydra.callbacks.sweep_summary.report=false
 	$(PY) -m digitpairs.inference.pretrained outputs/pretrained
 
+DEMO_EXTRA = @$(PY) -c 'import gradio, selenium' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check -e '.[demo]'
+
 demo: install  ## the web page where you draw two digits, on http://127.0.0.1:7860 (ARGS="--port 8000 --model <ckpt>")
-	@$(PY) -c 'import gradio' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check -e '.[demo]'
+	$(DEMO_EXTRA)
 	$(PY) -m digitpairs.inference.demo $(ARGS)
 
 test-browser: install  ## the demo in headless Chromium (apt-installs chromium and chromium-driver as root; about 10 min)
@@ -71,7 +73,7 @@ test-browser: install  ## the demo in headless Chromium (apt-installs chromium a
 	  { test "$$(id -u)" = 0 || { echo "test-browser: needs chromium and chromium-driver (apt-get install chromium chromium-driver, as root)"; exit 2; }; \
 	    export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium chromium-driver >/dev/null || \
 	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }
-	@$(PY) -c 'import gradio, selenium' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check -e '.[demo]'
+	$(DEMO_EXTRA)
 	$(PY) -m pytest -q -s -m browser tests/test_browser.py $(ARGS)
 
 report: install  ## (re)build the report of a sweep: make report SWEEP=outputs/multirun/<folder>

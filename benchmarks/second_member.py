@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from digitpairs.models.modules import mixture  # noqa: E402
 from digitpairs.models.rules import decide  # noqa: E402
 from digitpairs.training import checkpoint as ckpt_io  # noqa: E402
 
@@ -37,8 +38,9 @@ COMMAND = (
 )
 
 
-def job_errors(job: Path, weights: list[float], split: str = "val") -> dict[float, tuple[int, int, int]]:
-    """``{w: (digit errors, pair errors, pairs)}`` on one job's ``split`` pairs (``val`` or ``test``)."""
+def job_errors(job: Path, ckpt: dict, weights: list[float], split: str = "val") -> dict[float, tuple[int, int, int]]:
+    """``{w: (digit errors, pair errors, pairs)}`` on one job's ``split`` pairs (``val`` or
+    ``test``); ``ckpt`` is the job's loaded checkpoint."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
@@ -48,7 +50,7 @@ def job_errors(job: Path, weights: list[float], split: str = "val") -> dict[floa
     if split not in dm.sets:
         raise SystemExit(f"{job}: no {split} split (data.val_fraction=0?)")
     x, target, classes = dm.sets[split].tensors
-    model = ckpt_io.build_model(ckpt_io.load(job / "checkpoints" / "last.ckpt"))
+    model = ckpt_io.build_model(ckpt)
     torch.set_num_threads(1)
     with torch.no_grad():
         model.hparams.second_weight = 0.0
@@ -57,18 +59,23 @@ def job_errors(job: Path, weights: list[float], split: str = "val") -> dict[floa
         p_svm = model.second(x.reshape(-1, 1, *x.shape[2:])).view(p_cnn.shape)
     out = {}
     for w in weights:
-        digits = torch.log((1 - w) * p_cnn + w * p_svm)
+        digits = mixture(p_cnn, p_svm, w)
         pred = decide("prob", None, digits)
         out[w] = (int((digits.argmax(-1) != classes).sum()), int((pred != target).sum()), len(target))
     return out
 
 
+def mean_se(v: list[int]) -> tuple[float, float]:
+    """Mean and standard error of per-seed differences."""
+    return statistics.mean(v), statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else math.nan
+
+
 def table(sweep: Path, weights: list[float], split: str = "val") -> str:
-    jobs = sorted(p.parent.parent for p in sweep.glob("*/checkpoints/last.ckpt"))
-    jobs = [j for j in jobs if "second" in ckpt_io.load(j / "checkpoints" / "last.ckpt")["hyper_parameters"]]
+    ckpts = {p.parent.parent: ckpt_io.load(p) for p in sorted(sweep.glob("*/checkpoints/last.ckpt"))}
+    jobs = {job: c for job, c in ckpts.items() if "second" in c["hyper_parameters"]}
     if not jobs:
         raise SystemExit(f"{sweep}: no <job>/checkpoints/last.ckpt")
-    per_job = [job_errors(job, weights, split) for job in jobs]
+    per_job = [job_errors(job, ckpt, weights, split) for job, ckpt in jobs.items()]
     lines = [
         f"{len(jobs)} seeds, {'the validation split only' if split == 'val' else 'the test pairs'} ({sweep})",
         "| w | digit errors | pair errors | pair accuracy % (mean ± std) | digit errors per seed vs w=0 (± se, t) "
@@ -78,11 +85,7 @@ def table(sweep: Path, weights: list[float], split: str = "val") -> str:
     for w in weights:
         d = [r[w][0] - r[0.0][0] for r in per_job]
         p = [r[w][1] - r[0.0][1] for r in per_job]
-
-        def ms(v: list[int]) -> tuple[float, float]:
-            return statistics.mean(v), statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else math.nan
-
-        (dm, ds), (pm, ps) = ms(d), ms(p)
+        (dm, ds), (pm, ps) = mean_se(d), mean_se(p)
         t = dm / ds if ds and not math.isnan(ds) else math.nan
         acc = [100 * (1 - r[w][1] / r[w][2]) for r in per_job]
         spread = statistics.stdev(acc) if len(acc) > 1 else math.nan

@@ -30,6 +30,12 @@ SECONDS = ("none", "scatter_svm")  # model.second: the kinds of second member
 SECOND_SEED = 0  # the SVM's affine copies and its Platt cross-validation are drawn from this seed
 
 
+def mixture(p_cnn: torch.Tensor, p_second: torch.Tensor, w: float) -> torch.Tensor:
+    """``log((1 - w) p_cnn + w p_second)``: two members' digit probabilities ``(..., 10)``
+    mixed, as log-probabilities (the input of the decision rules)."""
+    return torch.log((1 - w) * p_cnn + w * p_second)
+
+
 class ConvNetModule(PairModule):
     """Model ``convnet``: one Table 1 ConvNet on the pair as 2 channels, 2 logits.
 
@@ -199,7 +205,7 @@ class DigitClassifierModule(PairModule):
         if self.second is None or not self.second.fitted or w == 0:
             return digit_logits
         p_svm = self.second(x.reshape(-1, 1, *x.shape[2:])).view(digit_logits.shape)
-        return torch.log((1 - w) * digit_logits.float().softmax(dim=-1) + w * p_svm)
+        return mixture(digit_logits.float().softmax(dim=-1), p_svm, w)
 
     def forward_net(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``: both digits in one call."""

@@ -153,15 +153,12 @@ def couple(r: torch.Tensor, max_iter: int = 100) -> torch.Tensor:
         active &= (qp - pqp.unsqueeze(1)).abs().amax(1) >= 0.005 / k
         if not active.any():
             break
-        a = active.unsqueeze(1)
-        for t in range(k):
-            diff = (-qp[:, t] + pqp) / q[:, t, t]
-            diff = torch.where(active, diff, torch.zeros_like(diff))
-            p = p.clone()
+        for t in range(k):  # a converged row takes diff = 0, which leaves its p, qp and pqp exactly as they are
+            diff = torch.where(active, (-qp[:, t] + pqp) / q[:, t, t], torch.zeros_like(pqp))
             p[:, t] += diff
             pqp = (pqp + diff * (diff * q[:, t, t] + 2 * qp[:, t])) / (1 + diff) ** 2
-            qp = torch.where(a, (qp + diff.unsqueeze(1) * q[:, t, :]) / (1 + diff).unsqueeze(1), qp)
-            p = torch.where(a, p / (1 + diff).unsqueeze(1), p)
+            qp = (qp + diff.unsqueeze(1) * q[:, t, :]) / (1 + diff).unsqueeze(1)
+            p = p / (1 + diff).unsqueeze(1)
     return p
 
 
@@ -235,12 +232,14 @@ class ScatterSVM(nn.Module):
         support = state_dict.get(prefix + "svm.support")
         if isinstance(support, torch.Tensor) and support.numel() > 0:
             shapes = self.expected_shapes(support.shape[0] if support.dim() == 2 else -1)
+            problems = []
             for key, shape in shapes.items():
                 value = state_dict.get(prefix + key)
                 if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or not value.is_floating_point():
                     got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                    errors.append(f"{prefix}{key}: a floating-point tensor of shape {shape} expected, not {got}")
-            if errors:
+                    problems.append(f"{prefix}{key}: a floating-point tensor of shape {shape} expected, not {got}")
+            if problems:
+                errors.extend(problems)
                 return
         for module_prefix, module in ((prefix, self), (prefix + "svm.", self.svm)):
             for name, buf in module._buffers.items():
