@@ -23,11 +23,11 @@ from torch import nn
 from digitpairs.models.base import PairModule
 from digitpairs.models.nets import TRUNKS, ConvNet, TwoBranchNet, make_trunk
 from digitpairs.models.rules import RULES, rule_logits
-from digitpairs.models.scatter import ScatterSVM
+from digitpairs.models.scatter import ScatterPCA, ScatterSVM
 from digitpairs.utils.errors import require_choice, require_number
 
-SECONDS = ("none", "scatter_svm")  # model.second: the kinds of second member
-SECOND_SEED = 0  # the SVM's affine copies and its Platt cross-validation are drawn from this seed
+SECONDS = ("none", "scatter_pca", "scatter_svm")  # model.second: the kinds of second member
+SECOND_SEED = 0  # the second member's affine copies (and the SVM's Platt cross-validation) are drawn from this seed
 
 
 def mixture(p_cnn: torch.Tensor, p_second: torch.Tensor, w: float) -> torch.Tensor:
@@ -128,23 +128,27 @@ class DigitClassifierModule(PairModule):
     Loss ``alpha * (CE(digit1) + CE(digit2))`` (the auxiliary losses of ``ws_aux`` alone),
     logged as ``train/loss_digit1`` and ``train/loss_digit2``; ``gamma`` is not used.
 
-    A second kind of member (``second=scatter_svm``, :class:`~digitpairs.models.scatter.ScatterSVM`):
-    an RBF SVM on scattering features, fitted when training ends (``on_fit_end``) on the
-    training pairs' digits, each with ``second_copies - 1`` random affine copies (the test-time
-    views' strengths). From then on evaluation mixes the digit probabilities,
-    ``(1 - w) p_cnn + w p_svm`` with ``w = second_weight``, before the decision rule. It is
-    kept in the checkpoint as tensors; ``second_weight=0`` gives the CNN's probabilities exactly.
+    A second kind of member (:mod:`~digitpairs.models.scatter`): scattering features into the
+    affine space classifier (``second=scatter_pca``, :class:`~digitpairs.models.scatter.ScatterPCA`)
+    or an RBF SVM (``second=scatter_svm``, :class:`~digitpairs.models.scatter.ScatterSVM`),
+    fitted when training ends (``on_fit_end``) on the training pairs' digits, each with
+    ``second_copies - 1`` random affine copies (the test-time views' strengths). From then on
+    evaluation mixes the digit probabilities, ``(1 - w) p_cnn + w p_second`` with
+    ``w = second_weight``, before the decision rule. It is kept in the checkpoint as tensors;
+    ``second_weight=0`` gives the CNN's probabilities exactly.
 
     Args:
         alpha: weight of each digit loss, > 0.
         trunk: ``table1``, ``wide`` or ``compact`` (:mod:`digitpairs.models.nets`).
         decision: ``prob`` (the default; ``comparator`` is the same) or ``argmax``.
-        second: ``none`` or ``scatter_svm``.
+        second: ``none``, ``scatter_pca`` or ``scatter_svm``.
         second_weight: ``w`` in [0, 1].
-        second_copies: training images per digit for the SVM, an integer >= 1 (the digit
-            itself and ``second_copies - 1`` random affine copies).
-        second_C: the SVM's penalty, > 0.
+        second_copies: training images per digit for the second member, an integer >= 1
+            (the digit itself and ``second_copies - 1`` random affine copies).
         second_J: scattering scales, 1 or 2.
+        second_dim: ``scatter_pca``'s principal directions per class, an integer in [1, 729].
+        second_temperature: ``scatter_pca``'s softmax temperature, > 0.
+        second_C: ``scatter_svm``'s penalty, > 0.
         **kwargs: see :class:`PairModule`.
 
     ``forward(x)``: ``float32 (B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``.
@@ -164,10 +168,12 @@ class DigitClassifierModule(PairModule):
         trunk: str = "compact",
         decision: str = "prob",
         second: str = "none",
-        second_weight: float = 0.2,
+        second_weight: float = 0.4,
         second_copies: int = 5,
-        second_C: float = 10.0,
         second_J: int = 2,
+        second_dim: int = 120,
+        second_temperature: float = 6.0,
+        second_C: float = 10.0,
         **kwargs,
     ) -> None:
         require_number("loss.alpha", alpha, 0, strict=True)
@@ -176,12 +182,18 @@ class DigitClassifierModule(PairModule):
         require_choice("model.second", second, SECONDS)
         require_number("model.second_weight", second_weight, 0, high=1, high_strict=False)
         require_number("model.second_copies", second_copies, 1, integer=True, high=100, high_strict=False)
-        require_number("model.second_C", second_C, 0, strict=True, high=1e6, high_strict=False)
         require_number("model.second_J", second_J, 1, integer=True, high=2, high_strict=False)
+        require_number("model.second_dim", second_dim, 1, integer=True, high=729, high_strict=False)
+        require_number("model.second_temperature", second_temperature, 0, strict=True, high=1e6, high_strict=False)
+        require_number("model.second_C", second_C, 0, strict=True, high=1e6, high_strict=False)
         super().__init__(**kwargs)
         self.save_hyperparameters(logger=False)
         self.build_net(lambda: make_trunk(trunk, 1, 10))
-        self.second = ScatterSVM(J=second_J, C=second_C) if second == "scatter_svm" else None
+        self.second = {
+            "none": lambda: None,
+            "scatter_pca": lambda: ScatterPCA(J=second_J, dim=second_dim, temperature=second_temperature),
+            "scatter_svm": lambda: ScatterSVM(J=second_J, C=second_C),
+        }[second]()
 
     def on_fit_end(self) -> None:
         """Fit the second member (if any) on the training digits and their affine copies,
@@ -199,13 +211,13 @@ class DigitClassifierModule(PairModule):
         self.second.fit(torch.cat(views), classes.repeat(len(views)), seed=SECOND_SEED)
 
     def mix(self, x: torch.Tensor, digit_logits: torch.Tensor) -> torch.Tensor:
-        """``log((1 - w) softmax(digit_logits) + w p_svm(x))``: ``(B, 2, 10)`` log-probabilities
+        """``log((1 - w) softmax(digit_logits) + w p_second(x))``: ``(B, 2, 10)`` log-probabilities
         (``digit_logits`` unchanged while no second member is fitted, or with ``w = 0``)."""
         w = self.hparams.get("second_weight", 0.0)
         if self.second is None or not self.second.fitted or w == 0:
             return digit_logits
-        p_svm = self.second(x.reshape(-1, 1, *x.shape[2:])).view(digit_logits.shape)
-        return mixture(digit_logits.float().softmax(dim=-1), p_svm, w)
+        p_second = self.second(x.reshape(-1, 1, *x.shape[2:])).view(digit_logits.shape)
+        return mixture(digit_logits.float().softmax(dim=-1), p_second, w)
 
     def forward_net(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """``(B, 2, 14, 14)`` -> ``(logits (B, 2), digit_logits (B, 2, 10))``: both digits in one call."""

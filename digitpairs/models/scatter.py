@@ -1,4 +1,4 @@
-"""A second kind of digit classifier: an RBF SVM on scattering features (``model.second=scatter_svm``).
+"""A second kind of digit classifier: scattering features into a classifier that is not a CNN.
 
 Copies of one CNN make the same mistakes; a classifier built another way makes others, and
 averaging its digit probabilities into the CNN's removes some of both (``docs/results.md``).
@@ -9,13 +9,19 @@ averaging its digit probabilities into the CNN's removes some of both (``docs/re
   standardised with the training features' mean and std. Computed with kymatio's 2D torch
   frontend (``kymatio.scattering2d.frontend.torch_frontend``; the package's ``kymatio.torch``
   entry point imports its 3D code, which needs a SciPy function removed in SciPy 1.15).
-- **Classifier**: an RBF support vector machine fitted by scikit-learn's ``SVC`` (libsvm)
-  with Platt's pairwise probabilities (``probability=True``), one-vs-one over the 10 classes.
-- **Storage**: everything the classifier needs is kept as tensors (buffers): support
-  vectors, their one-vs-one coefficients, intercepts, the 45 Platt sigmoids, the feature
-  scaling and the kernel width. A checkpoint holding it loads with ``weights_only=True``,
-  and :meth:`KernelSVM.forward` computes libsvm's probabilities in torch (float64): sklearn
-  is needed to fit, not to predict.
+- **Classifiers** (:class:`ScatterMember` subclasses, ``model.second=``):
+
+  - ``scatter_pca`` (:class:`ScatterPCA`): the paper's affine space ("PCA") classifier, a
+    mean and ``dim`` principal directions per class, the probabilities a softmax of minus
+    the squared distances over a temperature. Fitted in about a second; the best on the
+    validation split.
+  - ``scatter_svm`` (:class:`ScatterSVM`): an RBF support vector machine fitted by
+    scikit-learn's ``SVC`` (libsvm) with Platt's pairwise probabilities (``probability=True``),
+    one-vs-one over the 10 classes.
+
+- **Storage**: everything a classifier needs is kept as tensors (buffers), so a checkpoint
+  holding it loads with ``weights_only=True``; the SVM's probabilities are computed in torch
+  (float64) as libsvm computes them: sklearn is needed to fit, not to predict.
 """
 
 from __future__ import annotations
@@ -162,78 +168,135 @@ def couple(r: torch.Tensor, max_iter: int = 100) -> torch.Tensor:
     return p
 
 
-class ScatterSVM(nn.Module):
-    """The second member: scattering features, standardised, into an RBF SVM.
+def n_scattering(J: int, size: int = 14, L: int = 8) -> int:
+    """The number of scattering features of a ``size`` x ``size`` image: paths x positions,
+    ``(1 + J L + L^2 J (J - 1) / 2) * (size / 2^J)^2`` (729 for ``J=2``, 833 for ``J=1``)."""
+    return (1 + L * J + L * L * J * (J - 1) // 2) * (size // 2**J) ** 2
+
+
+class AffinePCA(nn.Module):
+    """The affine space classifier of Bruna & Mallat (TPAMI 2013, section 5.1): per class the
+    mean of its training features and their first ``dim`` principal directions; a digit goes
+    to the class whose affine space is nearest.
+
+    ``distances(features float (N, F))`` returns ``float32 (N, 10)`` squared distances to the
+    10 affine spaces; ``forward(features, temperature)`` their softmax ``exp(-d / T)``,
+    normalised: ``float32 (N, 10)`` class probabilities. Before :meth:`fit` (or loading) the
+    buffers are empty and :attr:`fitted` is False.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("centre", torch.zeros(0))  # (10, F)
+        self.register_buffer("basis", torch.zeros(0))  # (10, dim, F): orthonormal rows (zero rows past a class's rank)
+
+    @property
+    def fitted(self) -> bool:
+        return self.centre.numel() > 0
+
+    def fit(self, features: torch.Tensor, classes: torch.Tensor, dim: int) -> AffinePCA:
+        """Fit on ``features float (N, F)`` and ``classes int64 (N,)``: per class the mean and
+        the top ``dim`` right singular vectors of the centred features (fewer where a class
+        has fewer images; the missing directions are zero and change no distance).
+
+        Raises:
+            ValueError: a class of 0-9 is missing from ``classes``.
+        """
+        present = torch.unique(classes).tolist()
+        if present != list(range(N_CLASSES)):
+            raise ValueError(f"the affine space classifier needs every digit 0-9 among its training digits; it has {present}")
+        f = features.float()
+        centre = torch.zeros(N_CLASSES, f.shape[1], device=f.device)
+        basis = torch.zeros(N_CLASSES, dim, f.shape[1], device=f.device)
+        for c in range(N_CLASSES):
+            fc = f[classes == c]
+            centre[c] = fc.mean(0)
+            _, _, v = torch.linalg.svd((fc - centre[c]).double(), full_matrices=False)
+            k = min(dim, v.shape[0])
+            basis[c, :k] = v[:k].float()
+        self.centre, self.basis = centre, basis
+        return self
+
+    def distances(self, features: torch.Tensor) -> torch.Tensor:
+        r = features.float().unsqueeze(1) - self.centre  # (N, 10, F)
+        return (r * r).sum(-1) - torch.einsum("ncf,cdf->ncd", r, self.basis).pow(2).sum(-1)
+
+    def forward(self, features: torch.Tensor, temperature: float) -> torch.Tensor:
+        if not self.fitted:
+            raise RuntimeError("AffinePCA: not fitted")
+        return torch.softmax(-self.distances(features) / temperature, dim=-1)
+
+
+class ScatterMember(nn.Module):
+    """A second member: scattering features of digits, standardised with the training
+    features' mean and std, into a classifier (:class:`ScatterPCA`, :class:`ScatterSVM`).
 
     ``forward(digits float32 (N, 1, 14, 14) or (N, 14, 14), normalised as the pairs are)``
     returns ``float32 (N, 10)`` class probabilities (rows sum to 1).
 
+    A fitted state in a checkpoint is checked whole when it loads (it is untrusted input:
+    mismatched sizes would fail deep inside a matrix product later): every buffer of
+    :meth:`expected_shapes` must be a floating-point tensor of that shape, else
+    ``load_state_dict`` reports each one. Then the buffers take the stored sizes.
+
     Args:
         J: scattering scales (1 or 2).
-        C: the SVM's penalty, > 0.
 
     Raises:
         RuntimeError: ``forward`` before :meth:`fit` or loading a fitted state.
     """
 
-    def __init__(self, J: int = 2, C: float = 10.0) -> None:
+    marker = ""  # the buffer whose being non-empty marks a fitted state
+
+    def __init__(self, J: int = 2) -> None:
         super().__init__()
-        self.C = C
         self.scattering = Scattering(J)
-        self.svm = KernelSVM()
         self.register_buffer("mean", torch.zeros(0))
         self.register_buffer("std", torch.zeros(0))
 
     @property
+    def n_features(self) -> int:
+        return n_scattering(self.scattering.J, self.scattering.size)
+
+    @property
     def fitted(self) -> bool:
-        return self.svm.fitted
+        return self.get_buffer(self.marker).numel() > 0
 
     def features(self, digits: torch.Tensor, batch: int = 4096) -> torch.Tensor:
         """Scattering features ``float32 (N, F)`` of ``digits``, in batches (before scaling)."""
         return torch.cat([self.scattering(digits[i : i + batch]) for i in range(0, len(digits), batch)])
 
     @torch.no_grad()
-    def fit(self, digits: torch.Tensor, classes: torch.Tensor, seed: int = 0) -> ScatterSVM:
-        """Standardise the features of ``digits (N, 1, 14, 14)`` and fit the SVM on them and
-        ``classes int64 (N,)``. Raises ``ValueError`` if a class of 0-9 is missing."""
+    def fit(self, digits: torch.Tensor, classes: torch.Tensor, seed: int = 0) -> ScatterMember:
+        """Standardise the features of ``digits (N, 1, 14, 14)`` and fit the classifier on
+        them and ``classes int64 (N,)``. Raises ``ValueError`` if a class of 0-9 is missing."""
         f = self.features(digits)
         self.mean, self.std = f.mean(0), f.std(0).clamp_min(1e-6)
-        self.svm.fit(((f - self.mean) / self.std).cpu(), classes.cpu(), self.C, seed)  # libsvm: on the CPU
-        self.svm.to(f.device)
+        self.fit_classifier((f - self.mean) / self.std, classes, seed)
         return self
 
     @torch.no_grad()
     def forward(self, digits: torch.Tensor) -> torch.Tensor:
         if not self.fitted:
-            raise RuntimeError("ScatterSVM: not fitted")
-        f = (self.features(digits) - self.mean) / self.std
-        return self.svm(f).float()
+            raise RuntimeError(f"{type(self).__name__}: not fitted")
+        return self.classify((self.features(digits) - self.mean) / self.std).float()
 
-    def expected_shapes(self, n_support: int) -> dict[str, tuple[int, ...]]:
-        """The shape of each buffer of a state fitted with ``n_support`` support vectors."""
-        J = self.scattering.J
-        n = (1 + 8 * J + 64 * J * (J - 1) // 2) * (self.scattering.size // 2**J) ** 2  # 81 x 3 x 3 = 729 for J=2
-        pairs = len(PAIRS)
-        return {
-            "mean": (n,),
-            "std": (n,),
-            "svm.support": (n_support, n),
-            "svm.coef": (n_support, pairs),
-            "svm.intercept": (pairs,),
-            "svm.prob_a": (pairs,),
-            "svm.prob_b": (pairs,),
-            "svm.gamma": (),
-        }
+    def fit_classifier(self, features: torch.Tensor, classes: torch.Tensor, seed: int) -> None:
+        raise NotImplementedError
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def expected_shapes(self, state: dict, prefix: str) -> dict[str, tuple[int, ...]]:
+        """The shape of each buffer (key without ``prefix``) of the fitted ``state``."""
+        n = self.n_features
+        return {"mean": (n,), "std": (n,)}
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing, unexpected, errors) -> None:
-        # A fitted state is checked whole (a checkpoint is untrusted input: mismatched sizes
-        # would fail deep inside a matrix product later), then its buffers take its sizes
-        # (the number of support vectors), so that a fresh module loads any fitted state.
-        support = state_dict.get(prefix + "svm.support")
-        if isinstance(support, torch.Tensor) and support.numel() > 0:
-            shapes = self.expected_shapes(support.shape[0] if support.dim() == 2 else -1)
+        marker = state_dict.get(prefix + self.marker)
+        if isinstance(marker, torch.Tensor) and marker.numel() > 0:
             problems = []
-            for key, shape in shapes.items():
+            for key, shape in self.expected_shapes(state_dict, prefix).items():
                 value = state_dict.get(prefix + key)
                 if not isinstance(value, torch.Tensor) or tuple(value.shape) != shape or not value.is_floating_point():
                     got = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
@@ -241,9 +304,80 @@ class ScatterSVM(nn.Module):
             if problems:
                 errors.extend(problems)
                 return
-        for module_prefix, module in ((prefix, self), (prefix + "svm.", self.svm)):
-            for name, buf in module._buffers.items():
-                value = state_dict.get(module_prefix + name)
+        for name, module in self.named_modules():
+            module_prefix = prefix + (name + "." if name else "")
+            for buf_name, buf in module._buffers.items():
+                value = state_dict.get(module_prefix + buf_name)
                 if isinstance(value, torch.Tensor) and buf is not None and value.shape != buf.shape:
-                    module._buffers[name] = torch.empty_like(value, device=buf.device)
+                    module._buffers[buf_name] = torch.empty_like(value, device=buf.device)
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing, unexpected, errors)
+
+
+class ScatterPCA(ScatterMember):
+    """``model.second=scatter_pca``: scattering features into the affine space classifier
+    (:class:`AffinePCA`), probabilities ``softmax(-d / temperature)``.
+
+    The features are standardised, so the squared distances ``d`` are in units of one
+    feature's variance; with ``J=2`` and ``dim=120`` a validation digit's nearest space is
+    about 28 away and the next about 42 further (``docs/results.md``).
+
+    Args:
+        J: scattering scales (1 or 2).
+        dim: principal directions per class, >= 1.
+        temperature: ``T`` of the softmax, > 0 (in the units of ``d``).
+    """
+
+    marker = "pca.centre"
+
+    def __init__(self, J: int = 2, dim: int = 120, temperature: float = 6.0) -> None:
+        super().__init__(J)
+        self.dim, self.temperature = dim, temperature
+        self.pca = AffinePCA()
+
+    def fit_classifier(self, features: torch.Tensor, classes: torch.Tensor, seed: int) -> None:
+        self.pca.fit(features, classes.to(features.device), self.dim)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.pca(features, self.temperature)
+
+    def expected_shapes(self, state: dict, prefix: str) -> dict[str, tuple[int, ...]]:
+        n = self.n_features
+        return {**super().expected_shapes(state, prefix), "pca.centre": (N_CLASSES, n), "pca.basis": (N_CLASSES, self.dim, n)}
+
+
+class ScatterSVM(ScatterMember):
+    """``model.second=scatter_svm``: scattering features into an RBF SVM with Platt
+    probabilities (:class:`KernelSVM`, fitted by libsvm on the CPU).
+
+    Args:
+        J: scattering scales (1 or 2).
+        C: the SVM's penalty, > 0.
+    """
+
+    marker = "svm.support"
+
+    def __init__(self, J: int = 2, C: float = 10.0) -> None:
+        super().__init__(J)
+        self.C = C
+        self.svm = KernelSVM()
+
+    def fit_classifier(self, features: torch.Tensor, classes: torch.Tensor, seed: int) -> None:
+        self.svm.fit(features.cpu(), classes.cpu(), self.C, seed)
+        self.svm.to(features.device)
+
+    def classify(self, features: torch.Tensor) -> torch.Tensor:
+        return self.svm(features)
+
+    def expected_shapes(self, state: dict, prefix: str) -> dict[str, tuple[int, ...]]:
+        support = state.get(prefix + "svm.support")
+        n_support = support.shape[0] if isinstance(support, torch.Tensor) and support.dim() == 2 else -1
+        n, pairs = self.n_features, len(PAIRS)
+        return {
+            **super().expected_shapes(state, prefix),
+            "svm.support": (n_support, n),
+            "svm.coef": (n_support, pairs),
+            "svm.intercept": (pairs,),
+            "svm.prob_a": (pairs,),
+            "svm.prob_b": (pairs,),
+            "svm.gamma": (),
+        }
