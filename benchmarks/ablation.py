@@ -38,7 +38,7 @@ WS_AUX = "experiment=study model=ws_aux model.decision=prob"  # ws_aux rows afte
 AUG = "data.augment=affine"
 ONECYCLE = "optim=sgd_onecycle trainer.max_epochs=70"
 DIGITS = f"experiment=study model=digit_classifier {AUG} {ONECYCLE}"
-BEYOND = "experiment=beyond"  # one sweep gives rows 1 (recipe=study: ws_aux) and 9 (recipe=beyond)
+BEYOND = "experiment=beyond"  # one sweep gives rows 1 (recipe=study: ws_aux) and 10 (recipe=beyond)
 # (label, model read, folder under outputs/ablation, overrides, rule read instead of test_acc, folder read)
 ROWS = [
     ("ws_aux (the study's recipe)", "ws_aux", "beyond", BEYOND, None, None),
@@ -70,11 +70,19 @@ ROWS = [
         None,
         None,
     ),
-    ("+ ensemble of 2: recipe=beyond", "digit_classifier", "beyond", BEYOND, None, None),
     (
-        "+ second member, scattering SVM, w = 0.2 (recipe=beyond_svm)",
+        "+ ensemble of 2 (recipe=beyond model.second=none)",
         "digit_classifier",
-        "10-second",
+        "9-ensemble",
+        f"{BEYOND} recipe=beyond model.second=none",
+        None,
+        None,
+    ),
+    ("+ second member, scattering PCA, w = 0.4: recipe=beyond", "digit_classifier", "beyond", BEYOND, None, None),
+    (
+        "a scattering SVM as the second member instead, w = 0.2 (recipe=beyond_svm)",
+        "digit_classifier",
+        "11-svm",
         f"{BEYOND} recipe=beyond_svm",
         None,
         None,

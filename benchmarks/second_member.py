@@ -1,15 +1,17 @@
-"""How much the second member (``model.second=scatter_svm``) helps, on the validation split only.
+"""How much the second member (``model.second=scatter_pca`` or ``scatter_svm``) helps, on the validation split only.
 
-The sweep that chooses it trains ``recipe=beyond`` with the member on the 800 fit pairs of
-each seed (the default 20 % validation split)::
+The sweep that chooses it trains ``recipe=beyond`` (or ``beyond_svm``) with its member on
+the 800 fit pairs of each of 15 seeds (the default 20 % validation split)::
 
-    python benchmarks/second_member.py --command      # print the sweep's command
-    python benchmarks/second_member.py SWEEP          # the table, from its checkpoints
+    python benchmarks/second_member.py --command                    # print the sweep's command
+    python benchmarks/second_member.py --command --seeds 31-45      # a fresh sample of seeds
+    python benchmarks/second_member.py SWEEP [SWEEP ...]            # the table, from their checkpoints
+    python benchmarks/second_member.py SWEEP --refit-pca 100,120/4,6   # an affine space member refitted
 
 For every job the script rebuilds its validation pairs from the job's own config, reads
 the CNN members' digit probabilities (with their test-time views) and the SVM's, and scores
-the mixture ``(1 - w) p_cnn + w p_svm`` for each ``w`` of ``--weights`` (0: the recipe
-without the member; the SVM is trained once, so every ``w`` shares the same networks). It
+the mixture ``(1 - w) p_cnn + w p_second`` for each ``w`` of ``--weights`` (0: the recipe
+without the member; the member is fitted once, so every ``w`` shares the same networks). It
 prints the digit and pair errors summed over the seeds, and per seed the change against
 ``w = 0`` (mean ± standard error, and its t), paired by seed. No test pair is read.
 """
@@ -32,17 +34,28 @@ from digitpairs.models.rules import decide  # noqa: E402
 from digitpairs.training import checkpoint as ckpt_io  # noqa: E402
 
 COMMAND = (
-    "python train.py -m recipe=beyond_svm 'seed=range(1,16)' hydra/launcher=joblib "
+    "python train.py -m recipe={recipe} 'seed=range({first},{stop})' hydra/launcher=joblib "
     "hydra.launcher.n_jobs=2 threads=1 trainer.enable_progress_bar=false "
-    "hydra.sweep.dir=outputs/multirun/second-member-val"
+    "hydra.sweep.dir=outputs/multirun/second-member-{recipe}-{first}-{last}"
 )
 
 
-def job_errors(job: Path, ckpt: dict, weights: list[float], split: str = "val") -> dict[float, tuple[int, int, int]]:
-    """``{w: (digit errors, pair errors, pairs)}`` on one job's ``split`` pairs (``val`` or
-    ``test``); ``ckpt`` is the job's loaded checkpoint."""
+def job_errors(
+    job: Path, ckpt: dict, weights: list[float], split: str = "val", refit: dict | None = None
+) -> dict[str, dict[float, tuple[int, int, int]]]:
+    """``{member: {w: (digit errors, pair errors, pairs)}}`` on one job's ``split`` pairs
+    (``val`` or ``test``); ``ckpt`` is the job's loaded checkpoint.
+
+    Without ``refit`` the member is the checkpoint's own (``member`` is its kind). With
+    ``refit={"dims": [...], "temperatures": [...], "copies": n}`` an affine space member is
+    fitted afresh on the job's fit digits and ``n - 1`` copies of each, as ``on_fit_end``
+    does, once with the largest ``dim`` (a smaller one keeps the first directions), and each
+    ``(dim, T)`` is a ``member`` of its own: any sweep of ``recipe=beyond``, with or without a
+    member, can score any."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
+
+    from digitpairs.models.scatter import ScatterPCA
 
     cfg = OmegaConf.load(job / ".hydra" / "config.yaml")
     dm = instantiate(cfg.data)
@@ -52,16 +65,32 @@ def job_errors(job: Path, ckpt: dict, weights: list[float], split: str = "val") 
     x, target, classes = dm.sets[split].tensors
     model = ckpt_io.build_model(ckpt)
     torch.set_num_threads(1)
+    members = {}
     with torch.no_grad():
         model.hparams.second_weight = 0.0
         _, cnn = model(x)  # the members' mean log-probabilities over the pair and its views
         p_cnn = cnn.softmax(dim=-1)
-        p_svm = model.second(x.reshape(-1, 1, *x.shape[2:])).view(p_cnn.shape)
+        flat = x.reshape(-1, 1, *x.shape[2:])
+        if refit is None:
+            members[ckpt["hyper_parameters"]["second"]] = model.second(flat).view(p_cnn.shape)
+        else:
+            model.second = ScatterPCA(J=2, dim=max(refit["dims"]))
+            model.hparams.second_copies = refit["copies"]
+            model.fit_second(*dm.fit_digits())
+            z = (model.second.features(flat) - model.second.mean) / model.second.std
+            full = model.second.pca.basis
+            for d in refit["dims"]:
+                model.second.pca.basis = full[:, :d]
+                dist = model.second.pca.distances(z)
+                for t in refit["temperatures"]:
+                    members[f"scatter_pca dim={d} T={t:g}"] = torch.softmax(-dist / t, -1).view(p_cnn.shape)
     out = {}
-    for w in weights:
-        digits = mixture(p_cnn, p_svm, w)
-        pred = decide("prob", None, digits)
-        out[w] = (int((digits.argmax(-1) != classes).sum()), int((pred != target).sum()), len(target))
+    for name, p_second in members.items():
+        out[name] = {}
+        for w in weights:
+            digits = mixture(p_cnn, p_second, w)
+            pred = decide("prob", None, digits)
+            out[name][w] = (int((digits.argmax(-1) != classes).sum()), int((pred != target).sum()), len(target))
     return out
 
 
@@ -70,47 +99,81 @@ def mean_se(v: list[int]) -> tuple[float, float]:
     return statistics.mean(v), statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else math.nan
 
 
-def table(sweep: Path, weights: list[float], split: str = "val") -> str:
-    ckpts = {p.parent.parent: ckpt_io.load(p) for p in sorted(sweep.glob("*/checkpoints/last.ckpt"))}
-    jobs = {job: c for job, c in ckpts.items() if "second" in c["hyper_parameters"]}
+def table(sweeps: list[Path], weights: list[float], split: str = "val", refit: dict | None = None) -> str:
+    """The tables (markdown) of every member over the jobs of ``sweeps`` (their seeds pooled):
+    see :func:`job_errors`."""
+    found = [p for sweep in sweeps for p in sorted(sweep.glob("*/checkpoints/last.ckpt"))]
+    ckpts = {p.parent.parent: ckpt_io.load(p) for p in found}
+    sweep = " ".join(str(s) for s in sweeps)
+    own = {job: c for job, c in ckpts.items() if c["hyper_parameters"].get("second", "none") != "none"}
+    jobs = own if refit is None else {j: c for j, c in ckpts.items() if "second_weight" in c["hyper_parameters"]}
     if not jobs:
-        raise SystemExit(f"{sweep}: no <job>/checkpoints/last.ckpt")
-    per_job = [job_errors(job, ckpt, weights, split) for job, ckpt in jobs.items()]
-    lines = [
-        f"{len(jobs)} seeds, {'the validation split only' if split == 'val' else 'the test pairs'} ({sweep})",
-        "| w | digit errors | pair errors | pair accuracy % (mean ± std) | digit errors per seed vs w=0 (± se, t) "
-        "| pair errors per seed vs w=0 (± se) |",
-        "|---|---|---|---|---|---|",
-    ]
-    for w in weights:
-        d = [r[w][0] - r[0.0][0] for r in per_job]
-        p = [r[w][1] - r[0.0][1] for r in per_job]
-        (dm, ds), (pm, ps) = mean_se(d), mean_se(p)
-        t = dm / ds if ds and not math.isnan(ds) else math.nan
-        acc = [100 * (1 - r[w][1] / r[w][2]) for r in per_job]
-        spread = statistics.stdev(acc) if len(acc) > 1 else math.nan
-        lines.append(
-            f"| {w:g} | {sum(r[w][0] for r in per_job)} | {sum(r[w][1] for r in per_job)} "
-            f"| {statistics.mean(acc):.2f} ± {spread:.2f} "
-            f"| {dm:+.2f} ± {ds:.2f} (t = {t:.1f}) | {pm:+.2f} ± {ps:.2f} |"
-        )
-    return "\n".join(lines)
+        raise SystemExit(f"{sweep}: no <job>/checkpoints/last.ckpt of a model with a second member")
+    per_job = [job_errors(job, ckpt, weights, split, refit) for job, ckpt in jobs.items()]
+    where = "the validation split only" if split == "val" else "the test pairs"
+    lines = []
+    for name in per_job[0]:
+        rows = [r[name] for r in per_job]
+        lines += [
+            f"{name}: {len(jobs)} seeds, {where} ({sweep})",
+            "| w | digit errors | pair errors | pair accuracy % (mean ± std) | digit errors per seed vs w=0 (± se, t) "
+            "| pair errors per seed vs w=0 (± se) |",
+            "|---|---|---|---|---|---|",
+        ]
+        for w in weights:
+            d = [r[w][0] - r[0.0][0] for r in rows]
+            p = [r[w][1] - r[0.0][1] for r in rows]
+            (dm, ds), (pm, ps) = mean_se(d), mean_se(p)
+            t = dm / ds if ds and not math.isnan(ds) else math.nan
+            acc = [100 * (1 - r[w][1] / r[w][2]) for r in rows]
+            spread = statistics.stdev(acc) if len(acc) > 1 else math.nan
+            lines.append(
+                f"| {w:g} | {sum(r[w][0] for r in rows)} | {sum(r[w][1] for r in rows)} "
+                f"| {statistics.mean(acc):.2f} ± {spread:.2f} "
+                f"| {dm:+.2f} ± {ds:.2f} (t = {t:.1f}) | {pm:+.2f} ± {ps:.2f} |"
+            )
+        lines.append("")
+    return "\n".join(lines).rstrip()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", nargs="?", type=Path, help="the sweep folder of the command (--command)")
+    parser.add_argument("sweeps", nargs="*", type=Path, help="sweep folders of the command (--command), seeds pooled")
     parser.add_argument("--weights", default="0,0.1,0.2,0.33,0.5,1", help="comma-separated w in [0, 1]")
     parser.add_argument("--command", action="store_true", help="print the sweep's command")
+    parser.add_argument("--recipe", choices=("beyond", "beyond_svm"), default="beyond", help="for --command")
+    parser.add_argument("--seeds", default="1-15", help="for --command: the first and last seed, e.g. 16-30")
+    parser.add_argument(
+        "--refit-pca",
+        metavar="DIMS/TEMPERATURES",
+        help="fit an affine space member afresh on each job's fit digits, e.g. 100,120,150/4,6,8 (one table each)",
+    )
+    parser.add_argument("--copies", type=int, default=5, help="with --refit-pca: training images per digit")
     parser.add_argument(
         "--split", choices=("val", "test"), default="val", help="test: the ablation row of a finished make beyond"
     )
     args = parser.parse_args()
-    if args.command or args.sweep is None:
-        print(COMMAND)
+    if args.command or not args.sweeps:
+        first, _, last = args.seeds.partition("-")
+        if not (first.isdigit() and last.isdigit() and int(first) <= int(last)):
+            parser.error(f"--seeds: FIRST-LAST with FIRST <= LAST expected, not {args.seeds!r}")
+        print(COMMAND.format(recipe=args.recipe, first=int(first), stop=int(last) + 1, last=int(last)))
         return
     weights = sorted({0.0, *(float(w) for w in args.weights.split(","))})
-    print(table(args.sweep, weights, args.split))
+    refit = None
+    if args.refit_pca:
+        try:
+            dims, temps = args.refit_pca.split("/")
+            refit = {
+                "dims": [int(d) for d in dims.split(",")],
+                "temperatures": [float(t) for t in temps.split(",")],
+                "copies": args.copies,
+            }
+        except ValueError:
+            parser.error(f"--refit-pca: DIMS/TEMPERATURES expected, e.g. 100,120/4,6, not {args.refit_pca!r}")
+        if min(refit["dims"]) < 1 or min(refit["temperatures"]) <= 0 or args.copies < 1:
+            parser.error("--refit-pca: dims >= 1, temperatures > 0 and --copies >= 1")
+    print(table(args.sweeps, weights, args.split, refit))
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ def test_a_shipped_model_loads_as_data_and_scores_its_recorded_accuracy(name, mo
     from digitpairs.training.checkpoint import info
 
     ckpt = PRETRAINED / name / "model.ckpt"
-    assert ckpt.stat().st_size <= 2_000_000
+    assert ckpt.stat().st_size <= 5_000_000  # beyond: 0.8 MB of networks, 3.5 MB of its second member
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert "optimizer_states" not in state and "rng" not in state["digitpairs"]
     about = info(state)

@@ -1,4 +1,5 @@
-"""The second kind of member (``model.second=scatter_svm``): scattering features into an RBF SVM."""
+"""The second kind of member: scattering features into the affine space classifier
+(``model.second=scatter_pca``, in ``recipe=beyond``) or an RBF SVM (``model.second=scatter_svm``)."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from conftest import PROJECT_ROOT
 
 from digitpairs.data import load_pools
 from digitpairs.models.modules import DigitClassifierModule
-from digitpairs.models.scatter import KernelSVM, Scattering, ScatterSVM, couple
+from digitpairs.models.scatter import AffinePCA, KernelSVM, Scattering, ScatterPCA, ScatterSVM, couple
 from digitpairs.training.task import instantiate_checked
 from digitpairs.utils.errors import ConfigError
 
@@ -77,6 +78,42 @@ def test_svm_needs_every_class(digits):
         ScatterSVM()(x[:2])
 
 
+def test_affine_space_distances_are_the_residuals_off_each_class_plane():
+    """Class c's points lie on a plane through c * e_0 spanned by e_1 and e_2: with dim=2 a
+    point's squared distance to its own class is 0, to class k the squared distance between
+    the parallel planes, (c - k)^2, plus nothing else; with dim=1 the e_2 part is left over."""
+    g = torch.Generator().manual_seed(0)
+    classes = torch.arange(10).repeat_interleave(30)
+    f = torch.zeros(300, 6)
+    f[:, 0] = classes.float()
+    f[:, 1:3] = torch.randn(300, 2, generator=g)
+    pca = AffinePCA().fit(f, classes, dim=2)
+    d = pca.distances(f)
+    expected = (classes.float().unsqueeze(1) - torch.arange(10).float()) ** 2
+    assert torch.allclose(d, expected, atol=1e-4)
+    p = pca(f, temperature=0.5)
+    assert torch.allclose(p, torch.softmax(-expected / 0.5, 1), atol=1e-4)
+    assert (p.argmax(1) == classes).all()
+    one = AffinePCA().fit(f, classes, dim=1).distances(f)  # one of the two directions: the other's part remains
+    assert (one >= expected - 1e-4).all() and (one - expected).amin() < (one - expected).amax()
+    with pytest.raises(ValueError, match="every digit 0-9"):
+        AffinePCA().fit(f[:270], classes[:270], dim=2)
+
+
+def test_affine_space_member_is_a_distribution_and_learns_real_digits(digits):
+    x, y, xt, yt = digits
+    member = ScatterPCA(J=2, dim=20, temperature=6.0).fit(x, y)  # 60 digits per class: 20 directions
+    p = member(xt)
+    assert p.shape == (300, 10) and p.dtype == torch.float32
+    assert (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(300), atol=1e-5)
+    assert (p.argmax(1) == yt).float().mean() > 0.85  # 600 training digits: 0.92 measured
+    # more directions than a class has digits: the extra ones are zero, and the nearest space is the same
+    many = ScatterPCA(J=2, dim=100, temperature=6.0).fit(x, y)
+    assert (many.pca.basis[:, 60:] == 0).all() and many(xt).shape == (300, 10)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ScatterPCA()(x[:2])
+
+
 def fitted_module(digits, weight: float, second: str = "scatter_svm") -> DigitClassifierModule:
     x, y, _, _ = digits
     torch.manual_seed(0)
@@ -86,31 +123,36 @@ def fitted_module(digits, weight: float, second: str = "scatter_svm") -> DigitCl
     return model
 
 
-def test_checkpoint_round_trip_is_exact_with_weights_only(digits, tmp_path):
+@pytest.mark.parametrize("second", ["scatter_pca", "scatter_svm"])
+def test_checkpoint_round_trip_is_exact_with_weights_only(second, digits, tmp_path):
     _, _, xt, _ = digits
-    model = fitted_module(digits, 0.2)
+    model = fitted_module(digits, 0.4, second)
     pairs = xt[:200].reshape(100, 2, 14, 14)
     logits, digit_logits = model(pairs)
     torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams)}, tmp_path / "m.ckpt")
     ckpt = torch.load(tmp_path / "m.ckpt", weights_only=True)
-    fresh = DigitClassifierModule(**ckpt["hyper_parameters"])  # a fresh member: no support vectors yet
+    fresh = DigitClassifierModule(**ckpt["hyper_parameters"])  # a fresh member: empty buffers
     assert not fresh.second.fitted
     fresh.load_state_dict(ckpt["state_dict"])
     fresh.eval()
     again = fresh(pairs)
     assert torch.equal(again[0], logits) and torch.equal(again[1], digit_logits)
-    assert ckpt["state_dict"]["second.svm.support"].dtype == torch.float64
+    if second == "scatter_svm":
+        assert ckpt["state_dict"]["second.svm.support"].dtype == torch.float64
+    else:
+        assert ckpt["state_dict"]["second.pca.basis"].shape == (10, 120, 729)
 
 
-def test_weight_zero_is_the_recipe_exactly_and_weight_one_the_svm(digits):
+@pytest.mark.parametrize("second", ["scatter_pca", "scatter_svm"])
+def test_weight_zero_is_the_cnn_exactly_and_weight_one_the_member(second, digits):
     _, _, xt, _ = digits
     pairs = xt[:200].reshape(100, 2, 14, 14)
     recipe = fitted_module(digits, 0.0, second="none")
-    zero = fitted_module(digits, 0.0)
+    zero = fitted_module(digits, 0.0, second)
     assert all(torch.equal(a, b) for a, b in zip(recipe(pairs), zero(pairs), strict=True))
-    half = fitted_module(digits, 0.5)
+    half = fitted_module(digits, 0.5, second)
     assert not torch.equal(half(pairs)[1], recipe(pairs)[1])
-    one = fitted_module(digits, 1.0)
+    one = fitted_module(digits, 1.0, second)
     p_svm = one.second(pairs.reshape(-1, 1, 14, 14)).view(100, 2, 10)
     assert torch.allclose(one(pairs)[1].exp(), p_svm, atol=1e-6)
     mixed = 0.5 * recipe(pairs)[1].softmax(-1) + 0.5 * p_svm
@@ -127,6 +169,10 @@ def test_weight_zero_is_the_recipe_exactly_and_weight_one_the_svm(digits):
         ("model.second_copies=2.5", "model.second_copies"),
         ("model.second_C=0", "model.second_C"),
         ("model.second_J=3", "model.second_J"),
+        ("model.second_dim=0", "model.second_dim"),
+        ("model.second_dim=730", "model.second_dim"),
+        ("model.second_temperature=0", "model.second_temperature"),
+        ("model.second_temperature=-1", "model.second_temperature"),
     ],
 )
 def test_bad_second_member_keys_name_the_key(override, key, compose_cfg):
@@ -144,14 +190,19 @@ def test_bad_second_member_key_is_one_line_and_exit_2(tmp_path):
     assert len(lines) == 1 and "model.second_weight" in lines[0] and "[0, 1]" in lines[0], result.stderr
 
 
-def test_a_short_run_with_the_member_on_real_digits(tmp_path):
-    """recipe=beyond_svm (the member in), 3 epochs on 300 pairs: metrics.json holds every rule's
-    accuracy, the checkpoint holds the SVM, and evaluate.py reproduces the run's own figure."""
+@pytest.mark.parametrize(
+    "recipe, weight, key, shape",
+    [("beyond", "0.4", "second.pca.basis", (10, 120, 729)), ("beyond_svm", "0.2", "second.svm.support", (None, 729))],
+)
+def test_a_short_run_with_the_member_on_real_digits(recipe, weight, key, shape, tmp_path):
+    """The recipe with its member, 3 epochs on 300 pairs: metrics.json holds every rule's
+    accuracy, the checkpoint holds the member, evaluate.py reproduces the run's own figure
+    and the validation table of benchmarks/second_member.py its validation errors."""
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable,
         "train.py",
-        "recipe=beyond_svm",
+        f"recipe={recipe}",
         "model.second_copies=2",
         "model.tta=2",
         "data.n_pairs=300",
@@ -169,7 +220,8 @@ def test_a_short_run_with_the_member_on_real_digits(tmp_path):
         assert set(m["rule_acc"][rule]) == {"train", "val", "test"}
     assert m["test_acc"] == m["rule_acc"]["prob"]["test"] > 0.8  # 240 fit pairs, 3 epochs
     ckpt = torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True, map_location="cpu")
-    assert ckpt["state_dict"]["second.svm.support"].shape[1] == 729
+    stored = ckpt["state_dict"][key].shape
+    assert all(want in (None, got) for want, got in zip(shape, stored, strict=True)), stored
     out = subprocess.run(
         [
             sys.executable,
@@ -187,9 +239,9 @@ def test_a_short_run_with_the_member_on_real_digits(tmp_path):
     record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     record = record["results"][0]
     assert record["acc"] == pytest.approx(m["test_acc"], abs=1e-9)
-    # the validation table of benchmarks/second_member.py, on this one run: w=0.2 is the run's own val figure
+    # the validation table of benchmarks/second_member.py, on this one run: the run's own w gives its val figure
     table = subprocess.run(
-        [sys.executable, "benchmarks/second_member.py", str(tmp_path), "--weights", "0.2,1"],
+        [sys.executable, "benchmarks/second_member.py", str(tmp_path), "--weights", f"{weight},1"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -197,25 +249,28 @@ def test_a_short_run_with_the_member_on_real_digits(tmp_path):
     )
     assert table.returncode == 0, table.stderr[-2000:]
     rows = {line.split("|")[1].strip(): line.split("|") for line in table.stdout.splitlines() if line.startswith("| ")}
-    assert set(rows) >= {"0", "0.2", "1"}, table.stdout
-    assert int(rows["0.2"][3]) == round((1 - m["val_acc"]) * m["n_val"])
+    assert set(rows) >= {"0", weight, "1"}, table.stdout
+    assert int(rows[weight][3]) == round((1 - m["val_acc"]) * m["n_val"])
 
 
 @pytest.mark.parametrize(
-    "key, value",
+    "second, key, value",
     [
-        ("second.svm.coef", torch.zeros(7, 45, dtype=torch.float64)),  # not one row per support vector
-        ("second.svm.support", torch.zeros(3, 10, dtype=torch.float64)),  # not 729 features
-        ("second.mean", torch.zeros(5)),
-        ("second.svm.prob_a", torch.zeros(45, dtype=torch.int64)),
+        ("scatter_svm", "second.svm.coef", torch.zeros(7, 45, dtype=torch.float64)),  # not one row per support vector
+        ("scatter_svm", "second.svm.support", torch.zeros(3, 10, dtype=torch.float64)),  # not 729 features
+        ("scatter_svm", "second.mean", torch.zeros(5)),
+        ("scatter_svm", "second.svm.prob_a", torch.zeros(45, dtype=torch.int64)),
+        ("scatter_pca", "second.pca.basis", torch.zeros(10, 7, 729)),  # not second_dim directions
+        ("scatter_pca", "second.pca.centre", torch.zeros(9, 729)),
+        ("scatter_pca", "second.std", torch.zeros(729, dtype=torch.int64)),
     ],
 )
-def test_a_checkpoint_with_a_malformed_member_is_refused_at_load(key, value, digits, tmp_path):
+def test_a_checkpoint_with_a_malformed_member_is_refused_at_load(second, key, value, digits, tmp_path):
     """Untrusted input: sizes that do not fit each other are one line at load, not a
     traceback from a matrix product at the first prediction."""
     from digitpairs.training import checkpoint as ckpt_io
 
-    model = fitted_module(digits, 0.2)
+    model = fitted_module(digits, 0.4, second)
     state = model.state_dict()
     state[key] = value
     ckpt = {

@@ -201,7 +201,12 @@ class DigitClassifierModule(PairModule):
         resumes and fits it when it finishes)."""
         if self.second is None or self.trainer.current_epoch < self.trainer.max_epochs:
             return
-        digits, classes = self.trainer.datamodule.fit_digits()
+        self.fit_second(*self.trainer.datamodule.fit_digits())
+
+    def fit_second(self, digits: torch.Tensor, classes: torch.Tensor) -> None:
+        """Fit :attr:`second` on ``digits float32 (N, 1, 14, 14)`` (normalised, not augmented),
+        ``classes int64 (N,)`` and ``second_copies - 1`` affine copies of each, drawn with
+        ``SECOND_SEED`` (the random state outside is left as it was)."""
         digits, classes = digits.to(self.device), classes.to(self.device)
         views = [digits]
         background = digits.amin(dim=(-2, -1), keepdim=True)

@@ -204,7 +204,9 @@ class AffinePCA(nn.Module):
         """
         present = torch.unique(classes).tolist()
         if present != list(range(N_CLASSES)):
-            raise ValueError(f"the affine space classifier needs every digit 0-9 among its training digits; it has {present}")
+            raise ValueError(
+                f"the affine space classifier needs every digit 0-9 among its training digits; it has {present}"
+            )
         f = features.float()
         centre = torch.zeros(N_CLASSES, f.shape[1], device=f.device)
         basis = torch.zeros(N_CLASSES, dim, f.shape[1], device=f.device)
@@ -342,7 +344,11 @@ class ScatterPCA(ScatterMember):
 
     def expected_shapes(self, state: dict, prefix: str) -> dict[str, tuple[int, ...]]:
         n = self.n_features
-        return {**super().expected_shapes(state, prefix), "pca.centre": (N_CLASSES, n), "pca.basis": (N_CLASSES, self.dim, n)}
+        return {
+            **super().expected_shapes(state, prefix),
+            "pca.centre": (N_CLASSES, n),
+            "pca.basis": (N_CLASSES, self.dim, n),
+        }
 
 
 class ScatterSVM(ScatterMember):
