@@ -106,7 +106,7 @@ def test_affine_space_member_is_a_distribution_and_learns_real_digits(digits):
     p = member(xt)
     assert p.shape == (300, 10) and p.dtype == torch.float32
     assert (p >= 0).all() and torch.allclose(p.sum(1), torch.ones(300), atol=1e-5)
-    assert (p.argmax(1) == yt).float().mean() > 0.85  # 600 training digits: 0.92 measured
+    assert (p.argmax(1) == yt).float().mean() > 0.9  # 600 training digits: 0.963 measured
     # more directions than a class has digits: the extra ones are zero, and the nearest space is the same
     many = ScatterPCA(J=2, dim=100, temperature=6.0).fit(x, y)
     assert (many.pca.basis[:, 60:] == 0).all() and many(xt).shape == (300, 10)
