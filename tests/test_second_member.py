@@ -283,3 +283,21 @@ def test_a_checkpoint_with_a_malformed_member_is_refused_at_load(second, key, va
         fresh.load_state_dict(state)
     with pytest.raises(ConfigError, match="do not fit its model"):
         ckpt_io.build_model(ckpt, value="m.ckpt")
+
+
+def test_the_member_leaves_the_networks_as_they_are(tmp_path):
+    """``recipe=beyond`` with and without its second member trains the same CNN members,
+    bit for bit (the member is fitted after the last epoch, its copies from a random state
+    of its own), so ``model.second=none`` keeps giving the recipe's former figures."""
+    from conftest import run_train
+
+    common = ["recipe=beyond", "data.n_pairs=100", "trainer.max_epochs=2", "model.tta=2", "threads=1", "logger=none"]
+    states = {}
+    for second in ("none", "scatter_pca"):
+        result = run_train([*common, f"model.second={second}", "model.second_copies=2"], tmp_path / second)
+        assert result.returncode == 0, result.stderr[-2000:]
+        path = tmp_path / second / "run" / "checkpoints" / "last.ckpt"
+        ckpt = torch.load(path, weights_only=True, map_location="cpu")
+        states[second] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("second.")}
+    assert states["none"].keys() == states["scatter_pca"].keys()
+    assert all(torch.equal(states["none"][k], states["scatter_pca"][k]) for k in states["none"])
