@@ -7,7 +7,7 @@ Each run is the study's setting (``experiment=study``: no validation split, the 
 curve every 5 epochs) built by ``digitpairs.training.task.build`` as ``train.py`` builds it. The
 time spent inside ``LastCheckpoint.save`` (serialise, write a temp file, rename) is
 summed and divided by the time of ``trainer.fit``. It prints one line per model and
-``checkpoint_every`` value. The issue's bound is 2 %.
+``checkpoint_every`` value. The bound is 2 %.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""How much the second member (``model.second=scatter_pca`` or ``scatter_svm``) helps, on the validation split only.
+"""How much the second member (``model.second=scatter_pca`` or ``scatter_svm``) helps, on the validation split.
 
 The sweep that chooses it trains ``recipe=beyond`` (or ``beyond_svm``) with its member on
 the 800 fit pairs of each of 15 seeds (the default 20 % validation split)::
@@ -9,11 +9,12 @@ the 800 fit pairs of each of 15 seeds (the default 20 % validation split)::
     python benchmarks/second_member.py SWEEP --refit-pca 100,120/4,6   # an affine space member refitted
 
 For every job the script rebuilds its validation pairs from the job's own config, reads
-the CNN members' digit probabilities (with their test-time views) and the SVM's, and scores
+the CNN members' digit probabilities (with their test-time views) and the second member's, and scores
 the mixture ``(1 - w) p_cnn + w p_second`` for each ``w`` of ``--weights`` (0: the recipe
 without the member; the member is fitted once, so every ``w`` shares the same networks). It
 prints the digit and pair errors summed over the seeds, and per seed the change against
-``w = 0`` (mean ± standard error, and its t), paired by seed. No test pair is read.
+``w = 0`` (mean ± standard error, and its t), paired by seed. No test pair is read, except
+with ``--split test``: for a sweep of the exact protocol whose test figure has been read.
 """
 
 from __future__ import annotations
@@ -139,7 +140,7 @@ def table(sweeps: list[Path], weights: list[float], split: str = "val", refit: d
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweeps", nargs="*", type=Path, help="sweep folders of the command (--command), seeds pooled")
-    parser.add_argument("--weights", default="0,0.1,0.2,0.33,0.5,1", help="comma-separated w in [0, 1]")
+    parser.add_argument("--weights", default="0,0.1,0.2,0.33,0.4,0.5,1", help="comma-separated w in [0, 1]")
     parser.add_argument("--command", action="store_true", help="print the sweep's command")
     parser.add_argument("--recipe", choices=("beyond", "beyond_svm"), default="beyond", help="for --command")
     parser.add_argument("--seeds", default="1-15", help="for --command: the first and last seed, e.g. 16-30")

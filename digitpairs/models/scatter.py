@@ -8,7 +8,7 @@ averaging its digit probabilities into the CNN's removes some of both (``docs/re
   ``J=2`` and ``L=8`` angles a 14x14 digit gives 81 paths x 3 x 3 positions = 729 numbers,
   standardised with the training features' mean and std. Computed with kymatio's 2D torch
   frontend (``kymatio.scattering2d.frontend.torch_frontend``; the package's ``kymatio.torch``
-  entry point imports its 3D code, which needs a SciPy function removed in SciPy 1.15).
+  entry point imports its 3D code, which needs a SciPy function removed in SciPy 1.17).
 - **Classifiers** (:class:`ScatterMember` subclasses, ``model.second=``):
 
   - ``scatter_pca`` (:class:`ScatterPCA`): the paper's affine space ("PCA") classifier, a
@@ -39,7 +39,7 @@ MIN_PROB = 1e-7  # libsvm clamps each pairwise probability to [MIN_PROB, 1 - MIN
 
 class Scattering(nn.Module):
     """Scattering features of digits: ``float32 (N, 1, 14, 14)`` -> ``float32 (N, 81 * 3 * 3)``
-    with ``J=2`` (in general ``(1 + J L + L^2 J (J - 1) / 2) * (14 / 2^J)^2`` with ``L=8``).
+    with ``J=2`` (in general ``(1 + J L + L^2 J (J - 1) / 2) * (14 // 2^J)^2`` with ``L=8``).
 
     The filters are rebuilt on first use and never saved: they follow from ``J`` and the
     image size.
@@ -100,7 +100,7 @@ class KernelSVM(nn.Module):
             raise ValueError(f"the SVM needs every digit 0-9 among its training digits; it has {present}")
         with warnings.catch_warnings():  # probability=True: deprecated in scikit-learn 1.9, removed in 1.11
             warnings.simplefilter("ignore", FutureWarning)
-            # cache_size: the whole kernel matrix of 8,000 images (256 MB of float32); 27 % faster than 200 MB
+            # cache_size: the kernel matrix of 8,000 images (800 pairs) is 256 MB of float32; 27 % faster than 200 MB
             svc = SVC(kernel="rbf", C=C, gamma="scale", probability=True, random_state=seed, cache_size=512)
             svc.fit(features.double().numpy(), classes.numpy())
             prob_a, prob_b = svc.probA_, svc.probB_
@@ -170,7 +170,7 @@ def couple(r: torch.Tensor, max_iter: int = 100) -> torch.Tensor:
 
 def n_scattering(J: int, size: int = 14, L: int = 8) -> int:
     """The number of scattering features of a ``size`` x ``size`` image: paths x positions,
-    ``(1 + J L + L^2 J (J - 1) / 2) * (size / 2^J)^2`` (729 for ``J=2``, 833 for ``J=1``)."""
+    ``(1 + J L + L^2 J (J - 1) / 2) * (size // 2^J)^2`` (729 for ``J=2``, 441 for ``J=1``)."""
     return (1 + L * J + L * L * J * (J - 1) // 2) * (size // 2**J) ** 2
 
 
@@ -188,7 +188,7 @@ class AffinePCA(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.register_buffer("centre", torch.zeros(0))  # (10, F)
-        self.register_buffer("basis", torch.zeros(0))  # (10, dim, F): orthonormal rows (zero rows past a class's rank)
+        self.register_buffer("basis", torch.zeros(0))  # (10, dim, F): orthonormal rows (zero past min(its images, F))
 
     @property
     def fitted(self) -> bool:
@@ -321,7 +321,7 @@ class ScatterPCA(ScatterMember):
 
     The features are standardised, so the squared distances ``d`` are in units of one
     feature's variance; with ``J=2`` and ``dim=120`` a validation digit's nearest space is
-    about 28 away and the next about 42 further (``docs/results.md``).
+    about 28 away, and the second nearest about 42 further (``docs/design.md``).
 
     Args:
         J: scattering scales (1 or 2).
