@@ -57,9 +57,10 @@ study: install  ## 3 models x 15 seeds x 50 epochs, then the report (ARGS="model
 beyond: install  ## the best model (recipe=beyond) and ws_aux, 15 seeds each, then the report
 	$(PY) train.py -m experiment=beyond $(PLAN) $(ARGS)
 
-pretrained: install  ## retrain the shipped models (recipe=beyond and ws_aux, seed 0) into pretrained/
+pretrained: install  ## retrain the shipped models (recipe=beyond without its second member, and ws_aux; seed 0) into pretrained/
 	rm -rf outputs/pretrained
-	$(PY) train.py -m experiment=beyond seed=0 hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1 hydra.sweep.dir=outputs/pretrained hydra.callbacks.sweep_summary.report=false
+	$(PY) train.py experiment=beyond recipe=beyond model.second=none seed=0 threads=1 hydra.run.dir=outputs/pretrained/beyond
+	$(PY) train.py experiment=beyond recipe=study seed=0 threads=1 hydra.run.dir=outputs/pretrained/ws_aux
 	$(PY) -m digitpairs.inference.pretrained outputs/pretrained
 
 DEMO_EXTRA = @$(PY) -c 'import gradio, selenium' 2>/dev/null || $(VENV)/bin/pip install -q --disable-pip-version-check -e '.[demo]'

@@ -355,6 +355,28 @@ def test_docs_name_no_path_outside_the_repository():
     assert not found, found
 
 
+LARGE_FILES_ALLOWED = "data/mnist/"  # the MNIST files; every other file a clone holds stays small
+MAX_FILE_BYTES = 2_000_000
+
+
+def test_no_large_file_outside_the_mnist_folder():
+    out = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    sizes = {f: (PROJECT_ROOT / f).stat().st_size for f in out if (PROJECT_ROOT / f).is_file()}
+    assert max(sizes.values()) > MAX_FILE_BYTES  # the MNIST training images: the check sees real sizes
+    large = [
+        f"{f} ({n / 1e6:.1f} MB)"
+        for f, n in sizes.items()
+        if n > MAX_FILE_BYTES and not f.startswith(LARGE_FILES_ALLOWED)
+    ]
+    assert not large, f"files over {MAX_FILE_BYTES / 1e6:g} MB outside {LARGE_FILES_ALLOWED}: {large}"
+
+
 def test_readme_is_a_front_door():
     text = (PROJECT_ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 250

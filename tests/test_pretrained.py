@@ -25,11 +25,12 @@ def test_a_shipped_model_loads_as_data_and_scores_its_recorded_accuracy(name, mo
     from digitpairs.training.checkpoint import info
 
     ckpt = PRETRAINED / name / "model.ckpt"
-    assert ckpt.stat().st_size <= 5_000_000  # beyond: 0.8 MB of networks, 3.5 MB of its second member
+    assert ckpt.stat().st_size <= 1_000_000  # beyond: 2 networks (0.78 MB), without its 3.5 MB second member
     state = torch.load(ckpt, map_location="cpu", weights_only=True)
     assert "optimizer_states" not in state and "rng" not in state["digitpairs"]
     about = info(state)
     assert (about["model"], about["seed"], about["source"]) == (model, 0, "idx")
+    assert not any(k.startswith("second.") for k in state["state_dict"])
     recorded = json.loads((PRETRAINED / name / "metrics.json").read_text())
     assert recorded["model"] == model and recorded["n_train"] == 1000 and recorded["n_test"] == 1000
     (r,) = evaluate(compose_config([f"ckpt_path={name}", "threads=1"], tmp_path / "ev", config_name="evaluate"))

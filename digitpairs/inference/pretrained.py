@@ -3,12 +3,14 @@
 =========== ====================================================================
 name        what it is
 =========== ====================================================================
-``beyond``  ``recipe=beyond``, the best model (the default of ``predict.py``)
+``beyond``  ``recipe=beyond`` without its second member (``model.second=none``: the same
+            networks, 3.5 MB smaller), the default of ``predict.py``
 ``ws_aux``  the study's ``ws_aux``: weight sharing and auxiliary losses
 =========== ====================================================================
 
 Both were trained on the study's protocol (1000 pairs of MNIST training digits, seed 0,
-all 1000 pairs for training) by ``make pretrained``; each folder holds the checkpoint and
+all 1000 pairs for training) by ``make pretrained`` (two runs in ``outputs/pretrained/<name>``);
+each folder holds the checkpoint and
 the run's ``metrics.json``, and ``pretrained/README.md`` is their model card.
 ``predict.py --model`` and ``evaluate.py ckpt_path=`` take these names or a path.
 """
@@ -76,14 +78,15 @@ MODEL_OF = {"digit_classifier": "beyond", "ws_aux": "ws_aux"}  # a run's model= 
 
 
 def export(sweep_dir: Path, out_dir: Path = PRETRAINED_DIR) -> list[Path]:
-    """Ship the seed-0 jobs of an ``experiment=beyond`` sweep as ``out_dir/<name>/model.ckpt``
-    and ``out_dir/<name>/metrics.json`` (``make pretrained``).
+    """Ship the finished seed-0 runs in the subfolders of ``sweep_dir`` (a sweep's jobs, or
+    ``make pretrained``'s ``beyond/`` and ``ws_aux/``) as ``out_dir/<name>/model.ckpt`` and
+    ``out_dir/<name>/metrics.json``.
 
     The checkpoint keeps what inference needs (``KEEP`` and the project's record without the
     random state) and loads with ``torch.load(weights_only=True)``.
 
     Raises:
-        ConfigError: a sweep folder without a finished seed-0 job of each model.
+        ConfigError: a folder without a finished seed-0 run of each model.
     """
     import json
 
@@ -106,7 +109,11 @@ def export(sweep_dir: Path, out_dir: Path = PRETRAINED_DIR) -> list[Path]:
         write_json(target / "metrics.json", {**shipped, "checkpoint": "model.ckpt"})
         written.append(target / "model.ckpt")
     if {p.parent.name for p in written} != set(NAMES):
-        raise ConfigError("sweep", str(sweep_dir), f"a finished experiment=beyond sweep with seed 0 (models: {NAMES})")
+        raise ConfigError(
+            "sweep",
+            str(sweep_dir),
+            f"a folder of finished seed-0 runs of each shipped model ({NAMES}), as make pretrained writes",
+        )
     return written
 
 
@@ -116,7 +123,7 @@ if __name__ == "__main__":
     from digitpairs.utils.errors import one_line_errors
 
     if len(sys.argv) != 2:
-        sys.exit("usage: python -m digitpairs.inference.pretrained <experiment=beyond sweep folder with seed 0>")
+        sys.exit("usage: python -m digitpairs.inference.pretrained <folder of seed-0 runs, e.g. outputs/pretrained>")
     with one_line_errors():
         for path in export(Path(sys.argv[1])):
             print(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB)")
