@@ -16,7 +16,7 @@ from conftest import PROJECT_ROOT
 from hydra.utils import instantiate
 
 from digitpairs.data import PairDataModule
-from digitpairs.data.augment import RandomDigitAffine
+from digitpairs.data.augment import RandomDigitAffine, RandomDigitElastic
 from digitpairs.models.base import TTA_SEED
 from digitpairs.models.modules import DigitClassifierModule, WSAuxModule
 from digitpairs.models.nets import CompactConvNet, WideConvNet
@@ -46,6 +46,49 @@ def test_affine_is_identity_in_eval_mode_and_at_zero_strength():
     aug = RandomDigitAffine().eval()
     assert aug(x, fill=0.3) is x
     assert torch.allclose(RandomDigitAffine(0, 0, 0)(x, fill=0.3), x, atol=1e-5)
+
+
+def test_elastic_moves_pixels_by_its_scale_in_pixels():
+    # Simard et al.'s field: uniform [-1, 1] per pixel, Gaussian-smoothed (sigma px), times
+    # alpha px. Warping the image of the column index shows each pixel's x-displacement.
+    torch.manual_seed(0)
+    cols = torch.arange(14.0).expand(14, 14)
+    x = cols.expand(400, 1, 14, 14).clone()
+    moved = RandomDigitElastic(alpha=8.5, sigma=2.0)(x, fill=0.0)[..., 4:10, 4:10] - cols[4:10, 4:10]
+    # at the centre, the smoothed field's std is alpha / sqrt(3) / (2 sqrt(pi) sigma) = 0.69 px
+    assert 0.55 < moved.std().item() < 0.85
+    assert abs(moved.mean().item()) < 0.05
+    y = RandomDigitElastic(alpha=17.0, sigma=2.0)(x, fill=0.0)[..., 4:10, 4:10] - cols[4:10, 4:10]
+    assert 1.7 < y.std().item() / moved.std().item() < 2.3  # linear in alpha
+
+
+def test_elastic_draws_per_digit_keeps_background_and_is_off_in_eval_or_at_zero():
+    torch.manual_seed(0)
+    digit = torch.zeros(14, 14)
+    digit[3:11, 6:8] = 1.0
+    x = digit.expand(8, 2, 14, 14).clone()
+    warp = RandomDigitElastic(alpha=8.5, sigma=2.0)
+    y = warp(x, fill=-0.5)
+    assert y.shape == x.shape and y.dtype == x.dtype
+    flat = y.reshape(16, -1)
+    assert all(not torch.allclose(flat[i], flat[j]) for i in range(16) for j in range(i))  # 16 fields
+    bg = torch.full((1, 2, 14, 14), -0.5)
+    assert torch.allclose(warp(bg, fill=-0.5), bg, atol=1e-6)
+    assert warp.eval()(x) is x
+    assert RandomDigitElastic(alpha=0.0)(x) is x
+
+
+def test_datamodule_applies_the_elastic_distortion_after_the_affine_map_in_training_only():
+    dm = _datamodule(elastic=8.5)  # augment=none: the elastic distortion alone
+    batch = next(iter(dm.train_dataloader()))
+    dm.trainer = SimpleNamespace(training=False)
+    assert dm.on_after_batch_transfer(batch, 0) is batch
+    dm.trainer = SimpleNamespace(training=True)
+    x = dm.on_after_batch_transfer(batch, 0)[0]
+    assert x.shape == batch[0].shape and not torch.allclose(x, batch[0])
+    both = _datamodule(augment="affine", elastic=8.5)
+    assert [type(w).__name__ for w in (both.augmenter, both.elastic)] == ["RandomDigitAffine", "RandomDigitElastic"]
+    assert _datamodule(augment="affine").elastic is None  # 0, the default: off
 
 
 def _datamodule(**kwargs) -> PairDataModule:
@@ -288,6 +331,8 @@ def test_new_options_compose_and_build(overrides, check, compose_cfg):
         ("data.augment=warp", "data.augment"),
         ("data.rotate=-1", "data.rotate"),
         ("data.repair=1", "data.repair"),
+        ("data.elastic=-1", "data.elastic"),
+        ("data.elastic_sigma=0", "data.elastic_sigma"),
         ("model.trunk=huge", "model.trunk"),
         ("model.decision=vote", "model.decision"),
         ("model.members=0", "model.members"),

@@ -11,7 +11,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from digitpairs.data.augment import AUGMENTS, RandomDigitAffine
+from digitpairs.data.augment import AUGMENTS, RandomDigitAffine, RandomDigitElastic
 from digitpairs.data.pairs import DigitPairs, IndexBatches, RepairBatches, make_pairs
 from digitpairs.data.sources import SOURCES, describe, load_pools
 from digitpairs.utils.errors import ConfigError, require_choice, require_number
@@ -48,6 +48,10 @@ class PairDataModule(L.LightningDataModule):
             gets its own random affine map (:class:`~digitpairs.data.augment.RandomDigitAffine`
             with ``shift`` px, ``rotate`` degrees, ``scale``); training batches only.
         shift, rotate, scale: the affine strengths (used with ``augment=affine``).
+        elastic, elastic_sigma: with ``elastic`` > 0, each training digit of each batch
+            also gets its own elastic distortion, after the affine map if any
+            (:class:`~digitpairs.data.augment.RandomDigitElastic`: ``elastic`` pixels,
+            smoothed over ``elastic_sigma`` pixels); 0 (the default) turns it off.
         repair: re-pair the training digits at random every epoch, targets recomputed
             from the classes (:class:`RepairBatches`); the training pairs' digits only,
             validation and test pairs untouched. The final ``train`` accuracy is still
@@ -55,7 +59,7 @@ class PairDataModule(L.LightningDataModule):
 
     Raises:
         ConfigError: for a bad ``source``, ``val_fraction``, ``batch_size``,
-            ``eval_batch_size``, ``augment`` or strength, or ``n_pairs`` (the last when
+            ``eval_batch_size``, ``augment`` or strength (affine or elastic), or ``n_pairs`` (the last when
             :meth:`setup` sees the pool). BatchNorm1d cannot train on a batch of one pair,
             so ``batch_size`` must be >= 2 and at least 2 pairs must be left for training.
     """
@@ -75,6 +79,8 @@ class PairDataModule(L.LightningDataModule):
         rotate: float = 12.0,
         scale: float = 0.1,
         repair: bool = False,
+        elastic: float = 0.0,
+        elastic_sigma: float = 2.0,
     ) -> None:
         super().__init__()
         require_choice("data.augment", augment, AUGMENTS)
@@ -82,6 +88,8 @@ class PairDataModule(L.LightningDataModule):
             raise ConfigError("data.repair", repair, "true or false")
         augmenter = RandomDigitAffine(shift, rotate, scale)  # checks the strengths even when off
         self.augmenter = augmenter if augment == "affine" else None
+        elastic_warp = RandomDigitElastic(elastic, elastic_sigma)  # checks the keys even when off
+        self.elastic = elastic_warp if elastic > 0 else None
         self.repair = repair
         require_choice("data.source", source, SOURCES)
         require_number("data.val_fraction", val_fraction, 0, high=1)
@@ -159,11 +167,16 @@ class PairDataModule(L.LightningDataModule):
         return DataLoader(self.digits, sampler=sampler, batch_size=None)
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """With ``augment=affine``: warp the digits of training batches (never in evaluation)."""
-        if self.augmenter is None or self.trainer is None or not self.trainer.training:
+        """With ``augment=affine`` and/or ``elastic`` > 0: warp the digits of training
+        batches (never in evaluation)."""
+        if (self.augmenter is None and self.elastic is None) or self.trainer is None or not self.trainer.training:
             return batch
         x, target, classes = batch
-        return self.augmenter(x, fill=-self.mean / self.std), target, classes
+        fill = -self.mean / self.std  # the normalised background
+        for warp in (self.augmenter, self.elastic):
+            if warp is not None:
+                x = warp(x, fill=fill)
+        return x, target, classes
 
     def val_dataloader(self) -> dict[str, DataLoader]:
         """``{"val": ...}`` if a validation split exists, plus ``{"curve": test}`` with ``test_curve``."""
