@@ -7,6 +7,7 @@ the 800 fit pairs of each of 15 seeds (the default 20 % validation split)::
     python benchmarks/second_member.py --command --seeds 31-45      # a fresh sample of seeds
     python benchmarks/second_member.py SWEEP [SWEEP ...]            # the table, from their checkpoints
     python benchmarks/second_member.py SWEEP --refit-pca 100,120/4,6   # an affine space member refitted
+    python benchmarks/second_member.py SWEEP --baseline BASE          # SWEEP against BASE, paired by seed
 
 For every job the script rebuilds its validation pairs from the job's own config, reads
 the CNN members' digit probabilities (with their test-time views) and the second member's, and scores
@@ -15,6 +16,11 @@ without the member; the member is fitted once, so every ``w`` shares the same ne
 prints the digit and pair errors summed over the seeds, and per seed the change against
 ``w = 0`` (mean ± standard error, and its t), paired by seed. No test pair is read, except
 with ``--split test``: for a sweep of the exact protocol whose test figure has been read.
+
+With ``--baseline BASE`` (a sweep of the same seeds with other keys, e.g. ``recipe=beyond``
+itself) it compares the two sweeps instead, for each member and ``w``: the errors of
+each, summed over the seeds that both hold, and the change per seed (SWEEP - BASE),
+paired by seed. This is how a training key is checked against the recipe.
 """
 
 from __future__ import annotations
@@ -100,23 +106,77 @@ def mean_se(v: list[int]) -> tuple[float, float]:
     return statistics.mean(v), statistics.stdev(v) / math.sqrt(len(v)) if len(v) > 1 else math.nan
 
 
-def table(sweeps: list[Path], weights: list[float], split: str = "val", refit: dict | None = None) -> str:
-    """The tables (markdown) of every member over the jobs of ``sweeps`` (their seeds pooled):
-    see :func:`job_errors`."""
+def sweep_errors(
+    sweeps: list[Path], weights: list[float], split: str = "val", refit: dict | None = None
+) -> dict[int, dict[str, dict[float, tuple[int, int, int]]]]:
+    """``{seed: job_errors(...)}`` over the jobs of ``sweeps`` (see :func:`job_errors`).
+
+    Raises:
+        SystemExit: no job with a second member (without ``refit``), or a seed twice."""
+    from omegaconf import OmegaConf
+
     found = [p for sweep in sweeps for p in sorted(sweep.glob("*/checkpoints/last.ckpt"))]
     ckpts = {p.parent.parent: ckpt_io.load(p) for p in found}
-    sweep = " ".join(str(s) for s in sweeps)
+    where = " ".join(str(s) for s in sweeps)
     own = {job: c for job, c in ckpts.items() if c["hyper_parameters"].get("second", "none") != "none"}
     jobs = own if refit is None else {j: c for j, c in ckpts.items() if "second_weight" in c["hyper_parameters"]}
     if not jobs:
-        raise SystemExit(f"{sweep}: no <job>/checkpoints/last.ckpt of a model with a second member")
-    per_job = [job_errors(job, ckpt, weights, split, refit) for job, ckpt in jobs.items()]
+        raise SystemExit(f"{where}: no <job>/checkpoints/last.ckpt of a model with a second member")
+    out = {}
+    for job, ckpt in jobs.items():
+        seed = int(OmegaConf.load(job / ".hydra" / "config.yaml").seed)
+        if seed in out:
+            raise SystemExit(f"{where}: seed {seed} twice ({job})")
+        out[seed] = job_errors(job, ckpt, weights, split, refit)
+    return out
+
+
+def paired_table(
+    runs: dict[int, dict], base: dict[int, dict], weights: list[float], what: str = "SWEEP", against: str = "BASE"
+) -> str:
+    """Markdown tables of ``runs`` against ``base`` (both :func:`sweep_errors`), per member
+    and ``w``, over the seeds both hold: summed digit and pair errors of each, and the
+    change per seed (``runs - base``, mean ± standard error, t).
+
+    Raises:
+        SystemExit: no seed in common."""
+    seeds = sorted(set(runs) & set(base))
+    if not seeds:
+        raise SystemExit(f"{what} and {against} share no seed")
+    lines = []
+    for name in runs[seeds[0]]:
+        if name not in base[seeds[0]]:
+            continue
+        lines += [
+            f"{name}: {what} against {against}, {len(seeds)} seeds paired",
+            "| w | digit errors | pair errors | digit errors per seed (± se, t) | pair errors per seed (± se, t) |",
+            "|---|---|---|---|---|",
+        ]
+        for w in weights:
+            cells = []
+            for k in (0, 1):
+                a, b = [base[s][name][w][k] for s in seeds], [runs[s][name][w][k] for s in seeds]
+                cells.append(f"{sum(b)} against {sum(a)}")
+            for k in (0, 1):
+                m, se = mean_se([runs[s][name][w][k] - base[s][name][w][k] for s in seeds])
+                t = m / se if se and not math.isnan(se) else math.nan
+                cells.append(f"{m:+.2f} ± {se:.2f} (t = {t:.1f})")
+            lines.append(f"| {w:g} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines).rstrip()
+
+
+def table(sweeps: list[Path], weights: list[float], split: str = "val", refit: dict | None = None) -> str:
+    """The tables (markdown) of every member over the jobs of ``sweeps`` (their seeds pooled):
+    see :func:`job_errors`."""
+    sweep = " ".join(str(s) for s in sweeps)
+    per_job = list(sweep_errors(sweeps, weights, split, refit).values())
     where = "the validation split only" if split == "val" else "the test pairs"
     lines = []
     for name in per_job[0]:
         rows = [r[name] for r in per_job]
         lines += [
-            f"{name}: {len(jobs)} seeds, {where} ({sweep})",
+            f"{name}: {len(per_job)} seeds, {where} ({sweep})",
             "| w | digit errors | pair errors | pair accuracy % (mean ± std) | digit errors per seed vs w=0 (± se, t) "
             "| pair errors per seed vs w=0 (± se) |",
             "|---|---|---|---|---|---|",
@@ -153,6 +213,9 @@ def main() -> None:
     parser.add_argument(
         "--split", choices=("val", "test"), default="val", help="test: the ablation row of a finished make beyond"
     )
+    parser.add_argument(
+        "--baseline", type=Path, metavar="BASE", help="compare the sweeps with this sweep of the same seeds, paired"
+    )
     args = parser.parse_args()
     if args.command or not args.sweeps:
         first, _, last = args.seeds.partition("-")
@@ -174,6 +237,12 @@ def main() -> None:
             parser.error(f"--refit-pca: DIMS/TEMPERATURES expected, e.g. 100,120/4,6, not {args.refit_pca!r}")
         if min(refit["dims"]) < 1 or min(refit["temperatures"]) <= 0 or args.copies < 1:
             parser.error("--refit-pca: dims >= 1, temperatures > 0 and --copies >= 1")
+    if args.baseline is not None:
+        runs = sweep_errors(args.sweeps, weights, args.split, refit)
+        base = sweep_errors([args.baseline], weights, args.split, refit)
+        what = " ".join(str(s) for s in args.sweeps)
+        print(paired_table(runs, base, weights, what, str(args.baseline)))
+        return
     print(table(args.sweeps, weights, args.split, refit))
 
 

@@ -251,6 +251,18 @@ def test_a_short_run_with_the_member_on_real_digits(recipe, weight, key, shape, 
     rows = {line.split("|")[1].strip(): line.split("|") for line in table.stdout.splitlines() if line.startswith("| ")}
     assert set(rows) >= {"0", weight, "1"}, table.stdout
     assert int(rows[weight][3]) == round((1 - m["val_acc"]) * m["n_val"])
+    # --baseline: the run against itself, paired by its seed: the same errors on both sides
+    paired = subprocess.run(
+        [sys.executable, "benchmarks/second_member.py", str(tmp_path), "--baseline", str(tmp_path)]
+        + ["--weights", weight],
+        cwd=PROJECT_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert paired.returncode == 0, paired.stderr[-2000:]
+    row = next(line.split("|") for line in paired.stdout.splitlines() if line.startswith(f"| {weight} "))
+    assert row[3].strip() == f"{rows[weight][3].strip()} against {rows[weight][3].strip()}", paired.stdout
 
 
 @pytest.mark.parametrize(
@@ -301,3 +313,19 @@ def test_the_member_leaves_the_networks_as_they_are(tmp_path):
         states[second] = {k: v for k, v in ckpt["state_dict"].items() if not k.startswith("second.")}
     assert states["none"].keys() == states["scatter_pca"].keys()
     assert all(torch.equal(states["none"][k], states["scatter_pca"][k]) for k in states["none"])
+
+
+def test_the_paired_table_subtracts_the_baseline_seed_by_seed(monkeypatch):
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "benchmarks"))
+    from second_member import paired_table
+
+    def rows(digit_errors, pair_errors):  # {seed: {member: {w: (digit errors, pair errors, pairs)}}}
+        return {s: {"m": {0.0: (d, p, 200)}} for s, d, p in zip((1, 2, 3), digit_errors, pair_errors, strict=True)}
+
+    base, runs = rows([3, 5, 4], [1, 2, 1]), rows([4, 7, 4], [1, 3, 2])
+    runs[9] = {"m": {0.0: (50, 50, 200)}}  # a seed the baseline lacks is left out
+    line = paired_table(runs, base, [0.0]).splitlines()[-1]
+    # digit changes +1, +2, 0: mean +1, se 1/sqrt(3) = 0.58, t = 1.7; pairs 0, +1, +1: +0.67 ± 0.33, t = 2.0
+    assert line == "| 0 | 15 against 12 | 6 against 4 | +1.00 ± 0.58 (t = 1.7) | +0.67 ± 0.33 (t = 2.0) |"
+    with pytest.raises(SystemExit, match="share no seed"):
+        paired_table({7: runs[1]}, base, [0.0])
