@@ -124,7 +124,7 @@ CASES = {  # id: (overrides, key, value as printed, what is allowed (start))
         "it left out: ConvNetModule has no key decision",
     ),
     "key_of_no_data_module": (
-        ["+data.no_such_key=2"],  # a name no data key will take (data.elastic, used here once, became a key)
+        ["+data.no_such_key=2"],  # a name that no data key takes
         "data.no_such_key",
         "2",
         "it left out: PairDataModule has no key no_such_key",
