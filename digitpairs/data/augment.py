@@ -94,7 +94,7 @@ class RandomDigitElastic(nn.Module):
     displacements relative to the digit, about 0.7 px (std) here.
 
     Args:
-        alpha: the field's scale in pixels, >= 0 (0: the identity).
+        alpha: the field's scale in pixels, in [0, 100] (0: the identity).
         sigma: the Gaussian's standard deviation in pixels, > 0; the kernel spans
             ``2 * ceil(3 * sigma) + 1`` pixels.
         prefix: the config keys' prefix, for error messages.
@@ -104,7 +104,7 @@ class RandomDigitElastic(nn.Module):
     image take the value ``fill``. Draws use torch's global generator.
 
     Raises:
-        ConfigError: a negative ``alpha``, or ``sigma`` <= 0 or > 14.
+        ConfigError: ``alpha`` outside [0, 100], or ``sigma`` <= 0 or > 14.
     """
 
     def __init__(self, alpha: float = 8.5, sigma: float = 2.0, prefix: str = "data.") -> None:
