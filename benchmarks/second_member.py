@@ -153,15 +153,14 @@ def paired_table(
             "|---|---|---|---|---|",
         ]
         for w in weights:
-            cells = []
-            for k in (0, 1):
+            sums, changes = [], []
+            for k in (0, 1):  # digit errors, pair errors
                 a, b = [base[s][name][w][k] for s in seeds], [runs[s][name][w][k] for s in seeds]
-                cells.append(f"{sum(b)} against {sum(a)}")
-            for k in (0, 1):
-                m, se = mean_se([runs[s][name][w][k] - base[s][name][w][k] for s in seeds])
+                m, se = mean_se([y - x for x, y in zip(a, b, strict=True)])
                 t = m / se if se and not math.isnan(se) else math.nan
-                cells.append(f"{m:+.2f} ± {se:.2f} (t = {t:.1f})")
-            lines.append(f"| {w:g} | " + " | ".join(cells) + " |")
+                sums.append(f"{sum(b)} against {sum(a)}")
+                changes.append(f"{m:+.2f} ± {se:.2f} (t = {t:.1f})")
+            lines.append(f"| {w:g} | " + " | ".join(sums + changes) + " |")
         lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -18,6 +18,15 @@ from digitpairs.utils.errors import require_number
 AUGMENTS = ("none", "affine")
 
 
+def warp_digits(warp: nn.Module, x: torch.Tensor, fill: float | torch.Tensor) -> torch.Tensor:
+    """Apply a kornia augmentation ``warp`` to every digit of ``x float (B, C, H, W)`` as a
+    ``(B * C, 1, H, W)`` batch (one draw per digit, or one for all if ``warp`` was built
+    with ``same_on_batch``), with ``fill`` as the background brought in from outside the
+    image (kornia pads with 0). Returns ``(B, C, H, W)``, the dtype of ``x``."""
+    b, c, h, w = x.shape
+    return warp((x - fill).reshape(b * c, 1, h, w)).view(b, c, h, w) + fill
+
+
 class RandomDigitAffine(nn.Module):
     """A random affine map per digit, in train mode only; the identity in eval mode.
 
@@ -74,9 +83,7 @@ class RandomDigitAffine(nn.Module):
         ``same=False``: each digit its own draw. ``same=True``: one draw, the same map for
         every digit of ``x`` (a test-time view); it does not depend on ``B`` or ``C``, so
         under a fixed seed a digit gets the same view whatever batch or slot it is in."""
-        b, c, h, w = x.shape
-        digits = (x - fill).reshape(b * c, 1, h, w)  # the background becomes 0, kornia's padding value
-        return self._warp(h, w, same)(digits).view(b, c, h, w) + fill
+        return warp_digits(self._warp(*x.shape[-2:], same), x, fill)
 
     def extra_repr(self) -> str:
         return f"shift={self.shift}, rotate={self.rotate}, scale={self.scale}"
@@ -129,9 +136,7 @@ class RandomDigitElastic(nn.Module):
     def forward(self, x: torch.Tensor, fill: float | torch.Tensor = 0.0) -> torch.Tensor:
         if not self.training or self.alpha == 0:
             return x
-        b, c, h, w = x.shape
-        digits = (x - fill).reshape(b * c, 1, h, w)
-        return self._warp(h, w)(digits).view(b, c, h, w) + fill
+        return warp_digits(self._warp(*x.shape[-2:]), x, fill)
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, sigma={self.sigma}"
