@@ -58,6 +58,11 @@ SCHEDULES = ("step", "onecycle")
 TTA_SEED = 0  # the test-time views (the same V maps for every digit) are drawn from this seed
 
 
+def diverged_message(loss: float, epoch: int) -> str:
+    """The one line of a run whose training loss became ``loss`` (not finite) in ``epoch`` (from 0)."""
+    return f"train/loss is {loss} at epoch {epoch}: the run diverged"
+
+
 def _accuracy(num_classes: int) -> MulticlassAccuracy:
     # micro: the share of correct predictions (docs/design.md §6). Inputs are argmax labels made
     # here, so the per-update input validation (a costly torch.unique) is skipped.
@@ -172,23 +177,39 @@ class PairModule(L.LightningModule):
         ensemble in train mode, every member's: ``(K, B, 2)``, ``(K, B, 2, 10)``. In eval
         mode with ``model.tta`` > 0 (and ``tta``), the mean probability over the pair and its
         random views, as log-probabilities."""
+        return self.finish(x, *self.forward_with(self.net, x, tta))
+
+    def forward_with(
+        self, net: nn.Module, x: torch.Tensor, tta: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """:meth:`forward` with ``net`` in place of ``self.net`` and without :meth:`finish`: the
+        part of the forward pass that only the networks compute. A packed network
+        (:mod:`digitpairs.models.packed`) goes through it with the batches of several runs
+        back to back, ``x (K * B, 2, 14, 14)``: every step here treats each pair alone."""
         views = self.hparams.get("tta", 0)
         if self.training or not tta or not views:
-            return self._members(x)
-        outs = [self._members(x)]
+            return self._members(net, x)
+        outs = [self._members(net, x)]
         background = x.amin(dim=(-2, -1), keepdim=True)  # per digit: its 0-valued pixels, normalised
         with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
             torch.manual_seed(TTA_SEED)
-            outs += [self._members(self.tta_views.draw(x, background, same=True)) for _ in range(views)]
+            outs += [self._members(net, self.tta_views.draw(x, background, same=True)) for _ in range(views)]
         logits = mean_probability(torch.stack([o[0] for o in outs]))
         digits = None if outs[0][1] is None else mean_probability(torch.stack([o[1] for o in outs]))
         return logits, digits
 
-    def _members(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def finish(
+        self, x: torch.Tensor, logits: torch.Tensor, digit_logits: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The run's own last step of :meth:`forward`, after the networks (the identity here;
+        :class:`~digitpairs.models.modules.DigitClassifierModule` mixes in its second member)."""
+        return logits, digit_logits
+
+    def _members(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The network's outputs, or the ensemble's (members in train mode, their mean in eval)."""
-        if not isinstance(self.net, nn.ModuleList):
-            return self.forward_net(self.net, x)
-        outs = [self.forward_net(net, x) for net in self.net]
+        if not isinstance(net, nn.ModuleList):
+            return self.forward_net(net, x)
+        outs = [self.forward_net(member, x) for member in net]
         logits = torch.stack([o[0] for o in outs])
         digits = None if outs[0][1] is None else torch.stack([o[1] for o in outs])
         if self.training:
@@ -218,20 +239,42 @@ class PairModule(L.LightningModule):
     # ---- training ----------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, target, classes = batch
-        logits, digit_logits = self(x)
-        terms = self.losses(logits, digit_logits, target, classes)
+        loss, stats = self.step_loss(self(x), target, classes)
         # Epoch means of the loss terms and of the accuracy, summed on the device and logged
         # once per epoch: a self.log call per step costs ~1 ms in Lightning 2.6 and four
         # torchmetrics updates per step ~0.5 ms (5-10% of a step here), and a host sync
         # per step would stall a GPU.
+        self.add_epoch_stats(stats, len(target), batch_idx)
+        return loss
+
+    def step_loss(self, outputs, target: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One training step's loss and statistics from the forward pass ``outputs``
+        (``(logits, digit_logits)`` as :meth:`forward` returns them in train mode) on a batch
+        of ``B`` pairs with ``target int64 (B,)`` and ``classes int64 (B, 2)``.
+
+        Returns ``(loss, stats)``: the scalar to minimise (an ensemble's is ``K`` times the
+        mean of its members' losses, so that every member gets the gradient of its own loss,
+        as if trained alone), and ``float (len(loss_terms) + 1,)``: each loss term and the
+        share of correct predictions, each times ``B`` (sums, for epoch means)."""
+        logits, digit_logits = outputs
+        terms = self.losses(logits, digit_logits, target, classes)
         n = len(target)
         correct = (logits.detach().argmax(dim=-1) == target).float().mean()  # an ensemble: its members' mean
         stats = torch.stack([*(term.detach() for term in terms.values()), correct]) * n
+        return sum(terms.values()) * (logits.shape[0] if logits.dim() == 3 else 1), stats
+
+    def add_epoch_stats(self, stats: torch.Tensor, n: int, batch_idx: int) -> None:
+        """Add one step's :meth:`step_loss` statistics of ``n`` pairs to the epoch's sums
+        (the first step of an epoch, ``batch_idx == 0``, starts them afresh)."""
         self._epoch_sums = stats if batch_idx == 0 else self._epoch_sums + stats
         self._epoch_count = n if batch_idx == 0 else self._epoch_count + n
-        # the terms are means over members; K times their sum gives every member the gradient
-        # of its own loss, as if it were trained alone
-        return sum(terms.values()) * (logits.shape[0] if logits.dim() == 3 else 1)
+
+    def epoch_means(self) -> dict[str, torch.Tensor]:
+        """The epoch's means so far: ``train/loss`` (the sum of the terms), each
+        ``train/loss_<term>`` and ``train/acc``, as 0-dim tensors on the model's device."""
+        means = self._epoch_sums / self._epoch_count
+        terms = {f"train/loss_{name}": means[i] for i, name in enumerate(self.loss_terms)}
+        return {"train/loss": means[: len(self.loss_terms)].sum(), **terms, "train/acc": means[-1]}
 
     def lr_scheduler_step(self, scheduler, metric) -> None:
         """Step the lr schedule (Lightning's hook). A one-cycle schedule that has taken all
@@ -246,12 +289,11 @@ class PairModule(L.LightningModule):
         self.log("lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=False, on_epoch=True)
 
     def on_train_epoch_end(self) -> None:
-        means = self._epoch_sums / self._epoch_count
-        terms = {f"train/loss_{name}": means[i] for i, name in enumerate(self.loss_terms)}
-        total = means[: len(self.loss_terms)].sum()
+        means = self.epoch_means()
+        total = means["train/loss"]
         if not torch.isfinite(total):
-            raise RunFailed(f"train/loss is {total.item()} at epoch {self.current_epoch}: the run diverged")
-        self.log_dict({"train/loss": total, **terms, "train/acc": means[-1]}, on_step=False, on_epoch=True)
+            raise RunFailed(diverged_message(total.item(), self.current_epoch))
+        self.log_dict(means, on_step=False, on_epoch=True)
 
     # ---- evaluation --------------------------------------------------------------
     def _eval_step(self, batch, stage: str, dataloader_idx: int, loaders) -> None:

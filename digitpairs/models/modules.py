@@ -230,12 +230,15 @@ class DigitClassifierModule(PairModule):
         digits = net(x.reshape(2 * b, 1, *x.shape[2:]).contiguous(memory_format=self.memory_format)).view(b, 2, -1)
         return rule_logits(digits), digits
 
-    def forward(self, x: torch.Tensor, tta: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, digits = super().forward(x, tta)
-        if not self.training:  # the rule on the mean posteriors of the members and views (and the second member)
-            digits = self.mix(x, digits)
-            logits = rule_logits(digits)
-        return logits, digits
+    def finish(
+        self, x: torch.Tensor, logits: torch.Tensor, digit_logits: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """In eval mode, the rule on the mean posteriors of the members and views, mixed with
+        the second member's (:meth:`mix`); in train mode the networks' outputs as they are."""
+        if self.training:
+            return logits, digit_logits
+        digits = self.mix(x, digit_logits)
+        return rule_logits(digits), digits
 
     def losses(self, logits, digit_logits, target, classes) -> dict[str, torch.Tensor]:
         return self._digit_losses(digit_logits, classes)

@@ -46,6 +46,18 @@ class EpochHistory(L.Callback):
     on_train_epoch_start = _record_finished_epoch
     on_train_end = _record_finished_epoch
 
+    def record(self, values: dict[str, float], epoch: int) -> None:
+        """Record ``values`` (key -> float) for ``epoch`` (from 0) directly, for a run whose
+        loop is not this callback's trainer's (a run of a fleet's pack). Training keys
+        among them mark the epoch's training metrics as recorded."""
+        for key in self.train_keys + self.eval_keys:
+            if key in values:
+                series = self.history.setdefault(key, [])
+                series.extend([math.nan] * (epoch + 1 - len(series)))
+                series[epoch] = float(values[key])
+        if any(key in values for key in self.train_keys):
+            self._train_epochs = max(self._train_epochs, epoch + 1)
+
     def state_dict(self) -> dict:
         """The history so far, saved in checkpoints so that a resumed run continues it.
 

@@ -44,16 +44,25 @@ def _dropout_layers(module: torch.nn.Module) -> dict[str, Any]:
     return {name: m for name, m in module.named_modules() if isinstance(getattr(m, "rng", None), np.random.Generator)}
 
 
-def rng_state(module: torch.nn.Module) -> dict[str, Any]:
+def rng_state(module: torch.nn.Module, global_states: dict[str, Any] | None = None) -> dict[str, Any]:
     """Every random state a run draws from: torch (CPU and CUDA), NumPy's and Python's
     global generators, and each ``Dropout`` layer's NumPy generator. Plain values and
-    tensors only, so the checkpoint loads with ``weights_only=True``."""
-    np_state = np.random.get_state()
+    tensors only, so the checkpoint loads with ``weights_only=True``.
+
+    ``global_states`` gives the global generators' states instead of reading them (a run of
+    a fleet's pack keeps its own: :class:`digitpairs.training.pack.RunRandomState`), as
+    ``{"torch": ByteTensor, "numpy": np.random.get_state(), "python": random.getstate()}``."""
+    if global_states is None:
+        global_states = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []
+    else:
+        cuda = []
+    np_state = global_states["numpy"]
     return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "torch": global_states["torch"],
+        "cuda": cuda,
         "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
+        "python": global_states["python"],
         "dropout": {name: m.rng.bit_generator.state for name, m in _dropout_layers(module).items()},
     }
 

@@ -266,16 +266,12 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         RunFailed: the run diverged (non-finite training loss).
     """
     import lightning  # noqa: F401  - imported before the clock starts: paid once per process
-    import torch
 
     from digitpairs.training.resume import LastCheckpoint
 
     start = time.perf_counter()  # the job's wall time, without the once-per-process imports
     datamodule, model, trainer, history = build(cfg, quiet=multirun)
-    out_dir = Path(cfg.paths.output_dir)
-    overrides = command_overrides(cfg)
-    hp = hparams(cfg, overrides, datamodule.resolved_source)
-    _log_session(trainer, hp, overrides, out_dir, multirun, datamodule.n_val > 0)
+    hp = start_session(cfg, datamodule, trainer, multirun)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
         from digitpairs.training.resume import check_resume
@@ -284,11 +280,47 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     last = next(c for c in trainer.callbacks if isinstance(c, LastCheckpoint))
     last.save(trainer)  # before testing: a trained model is never lost
-    ckpt = last.path
+    return test_and_record(cfg, datamodule, model, trainer, history, hp, start, trainer.current_epoch)
+
+
+def start_session(cfg: DictConfig, datamodule, trainer, multirun: bool) -> dict[str, Any]:
+    """The run's hyperparameters (:func:`hparams`), written into its TensorBoard HPARAMS
+    row before training (so a failed run shows too); returns them."""
+    overrides = command_overrides(cfg)
+    hp = hparams(cfg, overrides, datamodule.resolved_source)
+    _log_session(trainer, hp, overrides, Path(cfg.paths.output_dir), multirun, datamodule.n_val > 0)
+    return hp
+
+
+def test_and_record(
+    cfg: DictConfig,
+    datamodule,
+    model,
+    trainer,
+    history,
+    hp: dict[str, Any],
+    start: float,
+    epochs: int,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Test the trained ``model`` on the training, validation and test pairs with
+    ``trainer``, write ``metrics.json`` into the run folder, log the run's one line and
+    return the record.
+
+    Args:
+        history: the run's :class:`~digitpairs.training.callbacks.EpochHistory`.
+        hp: the run's hyperparameters (:func:`start_session`).
+        start: ``time.perf_counter()`` when the run started (its wall time is measured from it).
+        epochs: the epochs it trained.
+        extra: more keys for the record (a fleet's pack, for one).
+    """
+    import torch
+
+    out_dir = Path(cfg.paths.output_dir)
     final = {
         k: v for per_loader in trainer.test(model, datamodule=datamodule, verbose=False) for k, v in per_loader.items()
     }
-
+    ckpt_path = cfg.get("ckpt_path")
     nan = math.nan
     metrics: dict[str, Any] = {
         "status": "ok",
@@ -313,15 +345,16 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         if model.has_aux
         else None,
         "decision": model.hparams.get("decision", "comparator"),
-        "epochs": trainer.current_epoch,
+        "epochs": epochs,
         "precision": str(cfg.trainer.get("precision", "32-true")),
         "threads": torch.get_num_threads(),  # the same seed, threads and machine give the same numbers
         "normalisation": {"mean": datamodule.mean, "std": datamodule.std},
-        "overrides": overrides,
+        "overrides": command_overrides(cfg),
         "resumed_from": str(ckpt_path) if ckpt_path else None,
-        "checkpoint": str(ckpt.relative_to(out_dir)),
+        "checkpoint": "checkpoints/last.ckpt",
         "history": history.history,
         "hparams": hp,
+        **(extra or {}),
     }
     for lg in trainer.loggers:
         lg.save()
@@ -341,6 +374,30 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         metrics["wall_time_s"],
     )
     return metrics
+
+
+def failure_record(cfg: DictConfig, err: BaseException, start: float) -> tuple[dict[str, Any], int]:
+    """The ``metrics.json`` record of a run that ended with ``err``, and its exit code.
+
+    A :class:`ConfigError` is ``invalid`` (exit 2), a :class:`RunFailed` ``failed`` (exit 1;
+    ``killed`` for a :class:`JobInterrupted`), anything else ``failed`` with its type and message."""
+    if isinstance(err, ConfigError):
+        status, code, message = "invalid", 2, str(err)
+    elif isinstance(err, JobInterrupted):
+        status, code, message = "killed", 1, str(err)
+    elif isinstance(err, RunFailed):
+        status, code, message = "failed", 1, f"run failed: {err}"
+    else:
+        status, code, message = "failed", 1, f"{type(err).__name__}: {err}"
+    record = {
+        "status": status,
+        "error": message,
+        "model": cfg.get("model_name"),
+        "seed": cfg.get("seed"),
+        "overrides": command_overrides(cfg),
+        "wall_time_s": round(time.perf_counter() - start, 3),
+    }
+    return record, code
 
 
 def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
@@ -363,23 +420,13 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
         with one_line_config_errors():
             return train(cfg, multirun)
     except (ConfigError, RunFailed) as err:
-        status, code = ("invalid", 2) if isinstance(err, ConfigError) else ("failed", 1)
-        status = "killed" if isinstance(err, JobInterrupted) else status
-        message = str(err) if isinstance(err, (ConfigError, JobInterrupted)) else f"run failed: {err}"
+        record, code = failure_record(cfg, err, start)
     except Exception as err:  # noqa: BLE001 - in a sweep, one broken job must not lose the others
         if not multirun:
             raise
-        status, code, message = "failed", 1, f"{type(err).__name__}: {err}"
-    record = {
-        "status": status,
-        "error": message,
-        "model": cfg.get("model_name"),
-        "seed": cfg.get("seed"),
-        "overrides": command_overrides(cfg),
-        "wall_time_s": round(time.perf_counter() - start, 3),
-    }
+        record, code = failure_record(cfg, err, start)
     write_json(out_dir / "metrics.json", record)
     if not multirun:
-        exit_with(message, code)
-    log.error("job failed: %s", message)
+        exit_with(record["error"], code)
+    log.error("job failed: %s", record["error"])
     return record
