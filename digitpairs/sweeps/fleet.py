@@ -161,8 +161,9 @@ def compose_job(hydra_context, config, job: Job):
     return sweep_config
 
 
-def job_folder(hydra_context, config, job: Job) -> Path:
-    """The job's folder (``hydra.sweep.dir``/``hydra.sweep.subdir``), as Hydra resolves it."""
+def job_folder(hydra_context, config, job: Job) -> tuple[Path, dict[str, Any]]:
+    """The job's folder (``hydra.sweep.dir``/``hydra.sweep.subdir``), as Hydra resolves it, and
+    its model and seed."""
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import OmegaConf
 
@@ -171,9 +172,12 @@ def job_folder(hydra_context, config, job: Job) -> Path:
     previous = hydra_config.cfg
     hydra_config.set_config(cfg)
     try:
-        return Path(
-            os.path.abspath(os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")), str(cfg.hydra.sweep.subdir)))
-        )
+        folder = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")), str(cfg.hydra.sweep.subdir))
+        about = {
+            "model": OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None),
+            "seed": OmegaConf.select(cfg, "seed", default=None),
+        }
+        return Path(os.path.abspath(folder)), about
     finally:
         hydra_config.cfg = previous
 
@@ -412,10 +416,9 @@ def _record_lost(task: Task, hydra_context, config, reason: str) -> None:
     for job in task.jobs:
         if job.record is not None and job.record.get("status") in ("ok", "failed", "invalid", "killed"):
             continue
-        if job.job_dir is None:
-            job.job_dir = job_folder(hydra_context, config, job)
-        extra = {"model": None, "seed": None}
-        record_lost_job(job.job_dir, "killed", reason, job.overrides, extra)
+        folder, about = job_folder(hydra_context, config, job)
+        job.job_dir = job.job_dir or folder
+        record_lost_job(job.job_dir, "killed", reason, job.overrides, about)
         job.record = _read_record(job.job_dir)
         log.error("job #%d killed: %s", job.idx, reason)
 
