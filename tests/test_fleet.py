@@ -57,10 +57,17 @@ def test_packs_are_even_and_fill_every_process():
     assert sizes == [8, 8, 7, 7, 7, 7, 7, 7, 7, 7] and sum(sizes) == 72  # 10 packs: a multiple of 2 processes
     assert [len(p) for p in split(jobs[:15], 8, 2)] == [8, 7]
     assert [len(p) for p in split(jobs[:3], 8, 2)] == [3]
-    study = [Job(i, [f"model={m}", f"seed={s}"]) for i, (m, s) in enumerate((m, s) for m in ("ws_aux", "ws") for s in range(3))]
+    study = [
+        Job(i, [f"model={m}", f"seed={s}"])
+        for i, (m, s) in enumerate((m, s) for m in ("ws_aux", "ws") for s in range(3))
+    ]
     tasks = plan_tasks(study + [Job(6, ["model=convnet", "seed=0"])], 2, 2, lambda job: None)
     assert [([j.idx for j in t.jobs], t.solo) for t in tasks] == [
-        ([0, 1], False), ([2], True), ([3, 4], False), ([5], True), ([6], True),
+        ([0, 1], False),
+        ([2], True),
+        ([3, 4], False),
+        ([5], True),
+        ([6], True),
     ]
     tasks = plan_tasks(study, 8, 2, lambda job: "it resumes a checkpoint")
     assert all(t.solo and t.why_solo == "it resumes a checkpoint" for t in tasks) and len(tasks) == 6
@@ -91,11 +98,15 @@ def test_a_run_starts_as_its_solo_run(compose_cfg, tmp_path):
     for (name, a), b in zip(runs[1].model.state_dict().items(), model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     assert not torch.equal(runs[0].model.net.comparator[0].weight, model.net.comparator[0].weight)
-    x, target, classes = next(iter(PackedLoader(runs, [r.datamodule.train_dataloader() for r in runs], torch.device("cpu"))))
+    x, target, classes = next(
+        iter(PackedLoader(runs, [r.datamodule.train_dataloader() for r in runs], torch.device("cpu")))
+    )
     solo_x, solo_target, solo_classes = next(iter(dm.train_dataloader()))  # the solo run's first batch, from its state
     b = len(solo_target)
     assert x.shape == (2 * b, 2, 14, 14)
-    assert torch.equal(x[b:], solo_x) and torch.equal(target[b:], solo_target) and torch.equal(classes[b:], solo_classes)
+    assert (
+        torch.equal(x[b:], solo_x) and torch.equal(target[b:], solo_target) and torch.equal(classes[b:], solo_classes)
+    )
     assert not torch.equal(x[:b], solo_x)
     drops = [run.model.net.branch1[10] for run in runs]  # the trunk's first Dropout
     mask = PackedDropout(drops).train()(torch.ones(2 * b, 200))
@@ -121,7 +132,10 @@ def test_fleet_runs_match_their_solo_runs_and_their_folders_read_as_solo(tmp_pat
     assert fleet_m["pack"]["runs"] == 2 and fleet_m["epochs"] == 3
     solo = subprocess.run(
         [sys.executable, "train.py", "model=ws_aux", "seed=1", *TINY, f"hydra.run.dir={tmp_path / 'solo'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert solo.returncode == 0, solo.stderr[-2000:]
     solo_m = json.loads((tmp_path / "solo" / "metrics.json").read_text())
@@ -133,16 +147,27 @@ def test_fleet_runs_match_their_solo_runs_and_their_folders_read_as_solo(tmp_pat
     # evaluate.py on the job folder: its checkpoint gives exactly the recorded test accuracy
     ev = subprocess.run(
         [sys.executable, "evaluate.py", f"ckpt_path={job}", "data.n_pairs=300", f"hydra.run.dir={tmp_path / 'ev'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert ev.returncode == 0, ev.stderr[-2000:]
     (result,) = json.loads((tmp_path / "ev" / "metrics.json").read_text())["results"]
     assert result["acc"] == fleet_m["test_acc"] and result["errors"] == fleet_m["test_errors"]
     # resume the job's checkpoint as a solo run, two epochs further
     resumed = subprocess.run(
-        [sys.executable, "train.py", f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}", "trainer.max_epochs=5",
-         f"hydra.run.dir={tmp_path / 'resumed'}"],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
+        [
+            sys.executable,
+            "train.py",
+            f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}",
+            "trainer.max_epochs=5",
+            f"hydra.run.dir={tmp_path / 'resumed'}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     m = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
@@ -156,7 +181,9 @@ def test_a_diverging_run_fails_alone(tmp_path):
     out = fleet(args, tmp_path / "sweep")
     assert out.returncode == 1
     assert "fleet: 3 jobs: 1 packs (3 runs)" in out.stdout + out.stderr
-    assert out.stderr.strip().splitlines()[-1].startswith("error: 1 of 3 jobs failed (job 001: run failed: train/loss is")
+    assert (
+        out.stderr.strip().splitlines()[-1].startswith("error: 1 of 3 jobs failed (job 001: run failed: train/loss is")
+    )
     table = rows(tmp_path / "sweep")
     assert [r["status"] for r in table] == ["ok", "failed", "ok"]
     assert "diverged" in table[1]["error"]

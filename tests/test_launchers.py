@@ -114,11 +114,11 @@ def test_plan_respects_a_launcher_chosen_in_args():
     assert plan(cores=2, cuda=False, amx_bf16=True, args=[*slurm, "threads=2"]) == ""
     assert (
         plan(cores=2, cuda=False, amx_bf16=False, args=["model=ws"])
-        == "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
+        == "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
     )  # no launcher chosen: the default plan
     assert (
         plan(cores=2, cuda=False, amx_bf16=True, args=["threads=2", "trainer.precision=32-true"])
-        == "hydra/launcher=joblib hydra.launcher.n_jobs=2"
+        == "hydra/launcher=fleet hydra.launcher.n_jobs=2"
     )
 
 

@@ -308,6 +308,9 @@ def test_submitit_local_launcher(tmp_path):
 def test_launch_plan():
     from digitpairs.sweeps.plan import plan
 
-    assert plan(cores=2, cuda=False, amx_bf16=False) == "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
+    assert plan(cores=2, cuda=False, amx_bf16=False) == "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
     assert plan(cores=2, cuda=False, amx_bf16=True).endswith(" trainer.precision=bf16-mixed")
-    assert plan(cores=16, cuda=True, amx_bf16=True) == "hydra/launcher=joblib hydra.launcher.n_jobs=4 threads=4"
+    assert (
+        plan(cores=16, cuda=True, amx_bf16=True)
+        == "hydra/launcher=fleet hydra.launcher.n_jobs=2 hydra.launcher.pack=64 threads=8"
+    )

@@ -1,22 +1,27 @@
 """Print the launcher overrides that run a sweep fastest on the machine that runs it.
 
-    python -m digitpairs.sweeps.plan        # e.g. "hydra/launcher=joblib hydra.launcher.n_jobs=2 threads=1"
+    python -m digitpairs.sweeps.plan        # e.g. "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
     python -m digitpairs.sweeps.plan hydra/launcher=digitpairs_slurm hydra.launcher.cpus_per_task=2   # "threads=2"
 
-Used by ``make study`` and ``make grid``, which pass it their ``ARGS``; override there
-with ``make study PLAN="..."``. A launcher chosen in the arguments (``hydra/launcher=...``)
+Used by ``make study``, ``make grid`` and ``make beyond``, which pass it their ``ARGS``;
+override there with ``make study PLAN="..."`` (``PLAN="hydra/launcher=joblib
+hydra.launcher.n_jobs=2 threads=1"``: one job per process, as before the fleet). A launcher chosen in the arguments (``hydra/launcher=...``)
 is respected: the plan then adds only ``threads`` (``hydra.launcher.cpus_per_task``, else
 1), unless the arguments set it, and never a precision (a cluster's nodes may differ
 from the machine that submits them).
 
-- One torch thread per job and one job per core: the networks are tiny, and two
-  1-thread processes gave 1.4x the throughput of one 2-thread process here. Each joblib
-  worker imports torch and Lightning once and then runs many jobs.
+- The fleet launcher (``hydra/launcher=fleet``, :mod:`digitpairs.sweeps.fleet`): the runs
+  of a sweep that differ only in seed, learning rates or loss weights train side by side,
+  8 to a packed network, one pack per core with one torch thread each (1.2-1.4x less time
+  per training step than the same runs one by one on a 2-core CPU,
+  ``benchmarks/fleet_speed.py``; whole sweeps: docs/speed.md). The networks are tiny, and
+  two 1-thread processes gave 1.4x the throughput of one 2-thread process here.
 - On a CPU with AMX-BF16 (Intel Sapphire Rapids and later) and no GPU: bf16 mixed
   precision, ~10% faster per job here. It changes numerics; over the 15-run study
   here the means stayed within noise (README, Speed). Elsewhere: 32-bit floats.
-- With a CUDA device, jobs run on it (``trainer.accelerator=auto``), a few at a time so
-  that their kernels overlap; that setting is a guess, not yet measured.
+- With a CUDA device, packs of up to 64 runs train on it (``trainer.accelerator=auto``),
+  two at a time so that their kernels overlap; that setting is a guess, not yet measured
+  on a GPU (``benchmarks/fleet_speed.py --accelerator gpu`` measures it).
 """
 
 from __future__ import annotations
@@ -68,14 +73,14 @@ def plan(
         cuda = Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
     if amx_bf16 is None:
         amx_bf16 = cpu_has_amx_bf16()
-    jobs = min(cores, 4) if cuda else cores
+    jobs = min(cores, 2) if cuda else cores
     jobs = int(_value(args, "hydra.launcher.n_jobs") or jobs)
     threads = max(1, cores // jobs)
-    line = (
-        f"hydra/launcher=joblib hydra.launcher.n_jobs={jobs}"
-        if _value(args, "hydra.launcher.n_jobs") is None
-        else "hydra/launcher=joblib"
-    )
+    line = "hydra/launcher=fleet"
+    if _value(args, "hydra.launcher.n_jobs") is None:
+        line += f" hydra.launcher.n_jobs={jobs}"
+    if cuda and _value(args, "hydra.launcher.pack") is None:
+        line += " hydra.launcher.pack=64"
     if _value(args, "threads") is None:
         line += f" threads={threads}"
     if amx_bf16 and not cuda and _value(args, "trainer.precision") is None:
