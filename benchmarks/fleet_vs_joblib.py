@@ -114,7 +114,7 @@ def main() -> None:
         order.reverse()
         print(
             f"\n{experiment}: fleet {walls['fleet']:.1f} s, joblib {walls['joblib']:.1f} s: "
-            f"the fleet takes {walls['fleet'] / walls['joblib']:.2f} of the time ({walls['joblib'] / walls['fleet']:.2f}x)"
+            f"the fleet is {walls['joblib'] / walls['fleet']:.2f}x faster"
         )
         print(f"| model | runs | fleet {metric} (%) | joblib {metric} (%) | Welch p |")
         print("|---|---|---|---|---|")

@@ -5,10 +5,10 @@
 
 Used by ``make study``, ``make grid`` and ``make beyond``, which pass it their ``ARGS``;
 override there with ``make study PLAN="..."`` (``PLAN="hydra/launcher=joblib
-hydra.launcher.n_jobs=2 threads=1"``: one job per process, as before the fleet). A launcher chosen in the arguments (``hydra/launcher=...``)
-is respected: the plan then adds only ``threads`` (``hydra.launcher.cpus_per_task``, else
-1), unless the arguments set it, and never a precision (a cluster's nodes may differ
-from the machine that submits them).
+hydra.launcher.n_jobs=2 threads=1"``: one job at a time per process). A launcher chosen
+in the arguments (``hydra/launcher=...``) is respected: the plan then adds only
+``threads`` (``hydra.launcher.cpus_per_task``, else 1), unless the arguments set it, and
+never a precision (a cluster's nodes may differ from the machine that submits them).
 
 - The fleet launcher (``hydra/launcher=fleet``, :mod:`digitpairs.sweeps.fleet`): the runs
   of a sweep that differ only in seed, learning rates or loss weights train side by side,
