@@ -16,7 +16,9 @@ way only:
 
 It prints milliseconds per training step of one run (a batch of 100 pairs: forward,
 backward, update) for each way, their ratio, and the medians over ``--repeats``. Building
-runs, data and tests are not timed here; ``make study`` times whole sweeps.
+runs, data and tests are not timed here; ``benchmarks/fleet_vs_joblib.py`` times whole
+sweeps. ``--profile`` also prints, per model and K, the share of a pack's time spent in
+convolutions (forward and backward, torch's profiler), the part that packing cannot shrink.
 """
 
 from __future__ import annotations
@@ -101,6 +103,18 @@ def time_pack(cfgs, strategy: str) -> float:
     return time.perf_counter() - t
 
 
+def conv_share(cfgs, strategy: str) -> float:
+    """The share of a pack's ``trainer.fit`` self CPU time spent in convolutions."""
+    from torch.profiler import profile
+
+    with profile() as prof:
+        time_pack(cfgs, strategy)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events)
+    conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
+    return conv / total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="+", default=["ws_aux"], help="model names, or recipe=beyond")
@@ -111,6 +125,7 @@ def main() -> None:
     parser.add_argument("--accelerator", default="cpu")
     parser.add_argument("--strategy", default="auto", choices=["auto", "loop", "grouped"])
     parser.add_argument("--json", type=Path, help="also write the table here")
+    parser.add_argument("--profile", action="store_true", help="also print the convolutions' share of a pack's time")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.ERROR)
@@ -136,6 +151,10 @@ def main() -> None:
                 s, p = statistics.median(solo) * per_step, statistics.median(packed) * per_step
                 rows.append({"model": model, "K": k, "solo_ms": s, "pack_ms": p, "speedup": s / p, "device": device})
                 print(f"| {model} | {k} | {s:.1f} | {p:.1f} | {s / p:.2f}x |", flush=True)
+                if args.profile:
+                    share = conv_share(cfgs, args.strategy)
+                    rows[-1]["conv_share"] = share
+                    print(f"(convolutions: {100 * share:.0f} % of the pack's time)", flush=True)
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
 

@@ -128,8 +128,7 @@ def _packed_batch_norm(
     use_batch = training or not first.track_running_stats
     factor = 0.0 if first.momentum is None else first.momentum
     if training and first.track_running_stats:
-        for m in layers:
-            m.num_batches_tracked.add_(1)
+        torch._foreach_add_([m.num_batches_tracked for m in layers], 1)  # one kernel for all runs
         if first.momentum is None:  # a cumulative moving average
             factor = 1.0 / float(first.num_batches_tracked)
     running = first.track_running_stats and first.running_mean is not None
@@ -139,10 +138,10 @@ def _packed_batch_norm(
     bias = torch.cat([m.bias for m in layers]) if first.affine else None
     out = F.batch_norm(x, mean, var, weight, bias, use_batch, factor, first.eps)
     if running and training:  # the packed estimates back into each run's own buffers
-        c = first.num_features
-        for i, m in enumerate(layers):
-            m.running_mean.copy_(mean[i * c : (i + 1) * c])
-            m.running_var.copy_(var[i * c : (i + 1) * c])
+        torch._foreach_copy_(
+            [buf for m in layers for buf in (m.running_mean, m.running_var)],
+            [part for pair in zip(mean.split(first.num_features), var.split(first.num_features)) for part in pair],
+        )
     return out
 
 
@@ -225,13 +224,17 @@ class PackedStage(nn.Module):
         strategy: ``loop`` or ``grouped``.
 
     Raises:
-        NotPackable: ``grouped`` with a layer it cannot widen (a pooling over channels).
+        NotPackable: ``grouped`` with a convolution padded otherwise than with zeros.
     """
 
     def __init__(self, stages: Sequence[Sequence[nn.Module]], strategy: str = "loop") -> None:
         super().__init__()
         if strategy not in STRATEGIES:
             raise ValueError(f"strategy={strategy!r}: expected one of {', '.join(STRATEGIES)}")
+        if strategy == "grouped":
+            odd = [m for m in stages[0] if isinstance(m, nn.Conv2d) and m.padding_mode != "zeros"]
+            if odd:
+                raise NotPackable(f"a Conv2d with padding_mode={odd[0].padding_mode!r} has no grouped form")
         self.strategy = strategy
         self.runs = nn.ModuleList(nn.Sequential(*layers) for layers in stages)
         self.flatten = isinstance(stages[0][-1], nn.Flatten)
