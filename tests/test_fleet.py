@@ -36,6 +36,11 @@ def fleet(args: list[str], sweep_dir: Path, timeout: int = 300, wait: bool = Tru
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
 
 
+def python(*args: str) -> subprocess.CompletedProcess:
+    """``python <args>`` in the project root, its output captured."""
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=240)
+
+
 def rows(sweep_dir: Path) -> list[dict[str, str]]:
     import csv
 
@@ -130,13 +135,7 @@ def test_fleet_runs_match_their_solo_runs_and_their_folders_read_as_solo(tmp_pat
     assert list(job.glob("ws_aux/seed=01/events.out.tfevents.*"))
     fleet_m = json.loads((job / "metrics.json").read_text())
     assert fleet_m["pack"]["runs"] == 2 and fleet_m["epochs"] == 3
-    solo = subprocess.run(
-        [sys.executable, "train.py", "model=ws_aux", "seed=1", *TINY, f"hydra.run.dir={tmp_path / 'solo'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    solo = python("train.py", "model=ws_aux", "seed=1", *TINY, f"hydra.run.dir={tmp_path / 'solo'}")
     assert solo.returncode == 0, solo.stderr[-2000:]
     solo_m = json.loads((tmp_path / "solo" / "metrics.json").read_text())
     for key in ("train/loss", "lr"):  # the same batches, masks and steps: the same losses, float sums aside
@@ -145,30 +144,13 @@ def test_fleet_runs_match_their_solo_runs_and_their_folders_read_as_solo(tmp_pat
         assert fleet_m["history"][key] == pytest.approx(solo_m["history"][key], abs=2.01 / n), key
     assert abs(fleet_m["test_errors"] - solo_m["test_errors"]) <= 2
     # evaluate.py on the job folder: its checkpoint gives exactly the recorded test accuracy
-    ev = subprocess.run(
-        [sys.executable, "evaluate.py", f"ckpt_path={job}", "data.n_pairs=300", f"hydra.run.dir={tmp_path / 'ev'}"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    ev = python("evaluate.py", f"ckpt_path={job}", "data.n_pairs=300", f"hydra.run.dir={tmp_path / 'ev'}")
     assert ev.returncode == 0, ev.stderr[-2000:]
     (result,) = json.loads((tmp_path / "ev" / "metrics.json").read_text())["results"]
     assert result["acc"] == fleet_m["test_acc"] and result["errors"] == fleet_m["test_errors"]
     # resume the job's checkpoint as a solo run, two epochs further
-    resumed = subprocess.run(
-        [
-            sys.executable,
-            "train.py",
-            f"ckpt_path={job / 'checkpoints' / 'last.ckpt'}",
-            "trainer.max_epochs=5",
-            f"hydra.run.dir={tmp_path / 'resumed'}",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-    )
+    ckpt = job / "checkpoints" / "last.ckpt"
+    resumed = python("train.py", f"ckpt_path={ckpt}", "trainer.max_epochs=5", f"hydra.run.dir={tmp_path / 'resumed'}")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     m = json.loads((tmp_path / "resumed" / "metrics.json").read_text())
     assert m["status"] == "ok" and m["epochs"] == 5 and len(m["history"]["train/loss"]) == 5

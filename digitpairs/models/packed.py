@@ -138,9 +138,10 @@ def _packed_batch_norm(
     bias = torch.cat([m.bias for m in layers]) if first.affine else None
     out = F.batch_norm(x, mean, var, weight, bias, use_batch, factor, first.eps)
     if running and training:  # the packed estimates back into each run's own buffers
+        c = first.num_features
         torch._foreach_copy_(
             [buf for m in layers for buf in (m.running_mean, m.running_var)],
-            [part for pair in zip(mean.split(first.num_features), var.split(first.num_features)) for part in pair],
+            [part for pair in zip(mean.split(c), var.split(c), strict=True) for part in pair],
         )
     return out
 
