@@ -45,6 +45,8 @@ NOT_RUN = {  # command start -> why it is not run here
     "make test-slurm": "starts a SLURM cluster: its own CI step (scripts/test-slurm.sh, tests/test_slurm.py)",
     "python benchmarks/checkpoint_cost.py": "a benchmark of minutes",
     "python benchmarks/speed.py": "a benchmark of minutes (make bench)",
+    "python benchmarks/fleet_speed.py": "a benchmark of minutes (tests/test_fleet.py times a pack in a short form)",
+    "python benchmarks/fleet_vs_joblib.py": "two whole sweeps",
     "python benchmarks/augment_cost.py": "a benchmark of a minute (tests/test_beyond.py runs it in a short form)",
     "python benchmarks/ablation.py --run": "trains a 15-seed sweep",
     "python benchmarks/second_member.py": "reads a 15-seed sweep (tests/test_second_member.py runs it on a short run)",

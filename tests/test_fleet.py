@@ -200,3 +200,12 @@ def test_a_killed_pack_leaves_its_jobs_recorded_killed(tmp_path):
     assert all("was killed by SIGKILL" in r["error"] for r in table)
     assert "2 of 2 jobs failed" in err
     assert all(r["model"] == "convnet" and r["seed"] in ("0", "1") for r in table)
+
+
+@pytest.mark.slow
+def test_fleet_speed_benchmark_prints_its_table():
+    out = python("benchmarks/fleet_speed.py", "--models", "convnet", "--packs", "2", "--epochs", "1", "--repeats", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("| convnet | 2 |"))
+    solo, packed, ratio = (cell.strip() for cell in row.strip("|").split("|")[2:])
+    assert float(solo) > 0 and float(packed) > 0 and ratio == f"{float(solo) / float(packed):.2f}x"
