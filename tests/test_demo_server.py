@@ -25,11 +25,12 @@ import pytest
 from conftest import PROJECT_ROOT
 from server_log import server_faults
 
+from digitpairs.inference.demo import QUEUE_SIZE, LocalOnly
+
 if importlib.util.find_spec("gradio") is None:
     pytest.skip("no gradio: `make test-demo` installs the demo extra and runs these tests", allow_module_level=True)
 
 EXAMPLES = PROJECT_ROOT / "examples"
-QUEUE_SIZE = 8  # digitpairs.inference.demo.QUEUE_SIZE (not imported: the demo is the subprocess under test)
 FIRST_UPLOAD = 4  # the page's event "the first upload changed" (fn_index): it runs the model
 BURST = 40
 
@@ -262,6 +263,7 @@ def test_a_burst_is_refused_at_once_and_the_user_waits_little(demo):
     refusal_s = max(s for *_, s in refused)
     wait_s = max(s for *_, s in results)
     assert refusal_s < 5, f"a refusal took {refusal_s:.1f} s"
+    assert wait_s < 20, f"a client waited {wait_s:.1f} s"  # the time of about 9 calls, not of 40
     status, _, after, after_s = demo.ask(two, seven)  # the user, once the burst is answered or refused
     assert status == 200 and verdict(after) == "2 ≤ 7: yes"
     print(
@@ -304,3 +306,25 @@ def test_files_are_deleted_after_their_age_and_all_at_stop(tmp_path):
     print(
         f"\n10 uploads: {held / 1e6:.1f} MB held; after 3 s of age: {sum(aged.values())} bytes; after SIGTERM: 0 files"
     )
+
+
+def test_a_foreign_websocket_is_closed_before_the_app_sees_it():
+    """Gradio's page speaks HTTP (server-sent events); a WebSocket route added to it later
+    is guarded the same way: closed with 1008 (policy violation) before it is accepted."""
+    from starlette.applications import Starlette
+    from starlette.routing import WebSocketRoute
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
+
+    async def echo(websocket):
+        await websocket.accept()
+        await websocket.send_text("hello")
+        await websocket.close()
+
+    client = TestClient(LocalOnly(Starlette(routes=[WebSocketRoute("/ws", echo)]), port=7860))
+    with client.websocket_connect("/ws", headers={"Host": "127.0.0.1:7860"}) as ws:
+        assert ws.receive_text() == "hello"
+    for headers in ({"Host": "rebound.example:7860"}, {"Host": "127.0.0.1:7860", "Origin": "http://evil.example"}):
+        with pytest.raises(WebSocketDisconnect) as refused, client.websocket_connect("/ws", headers=headers):
+            pass
+        assert refused.value.code == 1008

@@ -46,7 +46,7 @@ from digitpairs.utils.errors import ConfigError
 
 SCALE = 12  # the 14x14 input is shown enlarged to 168x168
 CANVAS = 280  # pixels a side: a digit drawn at about the size of a finger's stroke
-QUEUE_SIZE = 8  # requests waiting for the model at most (one runs at a time, a few ms to 0.1 s each)
+QUEUE_SIZE = 8  # requests waiting for the model at most (one runs at a time, 0.1-0.3 s each on 2 cores)
 CACHE_AGE = 600  # seconds an upload, a drawing or a shown image is kept (then deleted; all at stop)
 
 
