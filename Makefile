@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.install-stamp
 ARGS    ?=
 SWEEP   ?=
 
-.PHONY: help install train test lint format test-slurm sweep grid study beyond pretrained report tensorboard bench clean demo test-browser
+.PHONY: help install train test lint format test-slurm sweep grid study beyond pretrained report tensorboard bench clean demo test-demo test-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -69,13 +69,17 @@ demo: install  ## the web page where you draw two digits, on http://127.0.0.1:78
 	$(DEMO_EXTRA)
 	$(PY) -m digitpairs.inference.demo $(ARGS)
 
+test-demo: install  ## the demo's server over HTTP: foreign Host and Origin, a burst, its files (installs the demo extra; no browser)
+	$(DEMO_EXTRA)
+	$(PY) -m pytest -q -s tests/test_demo_server.py tests/test_demo_cli.py tests/test_demo_threads.py $(ARGS)
+
 test-browser: install  ## the demo in headless Chromium (apt-installs chromium and chromium-driver as root; about 10 min)
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
 	  { test "$$(id -u)" = 0 || { echo "test-browser: needs chromium and chromium-driver (apt-get install chromium chromium-driver, as root)"; exit 2; }; \
 	    export DEBIAN_FRONTEND=noninteractive; apt-get install -y -q chromium chromium-driver >/dev/null || \
 	    { apt-get update -q >/dev/null && apt-get install -y -q chromium chromium-driver >/dev/null; }; }
 	$(DEMO_EXTRA)
-	$(PY) -m pytest -q -s -m browser tests/test_browser.py $(ARGS)
+	$(PY) -m pytest -q -s tests/test_browser.py tests/test_demo_server.py $(ARGS)
 
 report: install  ## (re)build the report of a sweep: make report SWEEP=outputs/multirun/<folder>
 	$(PY) -m digitpairs.sweeps.report $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multirun/*))))

@@ -18,13 +18,17 @@ from digitpairs.utils.errors import require_number
 AUGMENTS = ("none", "affine")
 
 
-def warp_digits(warp: nn.Module, x: torch.Tensor, fill: float | torch.Tensor) -> torch.Tensor:
+def warp_digits(
+    warp: nn.Module, x: torch.Tensor, fill: float | torch.Tensor, params: dict[str, torch.Tensor] | None = None
+) -> torch.Tensor:
     """Apply a kornia augmentation ``warp`` to every digit of ``x float (B, C, H, W)`` as a
     ``(B * C, 1, H, W)`` batch (one draw per digit, or one for all if ``warp`` was built
     with ``same_on_batch``), with ``fill`` as the background brought in from outside the
-    image (kornia pads with 0). Returns ``(B, C, H, W)``, the dtype of ``x``."""
+    image (kornia pads with 0). ``params``: the maps' parameters, drawn already (kornia's
+    ``params=``); None draws them from torch's global generator. Returns ``(B, C, H, W)``,
+    the dtype of ``x``."""
     b, c, h, w = x.shape
-    return warp((x - fill).reshape(b * c, 1, h, w)).view(b, c, h, w) + fill
+    return warp((x - fill).reshape(b * c, 1, h, w), params=params).view(b, c, h, w) + fill
 
 
 class RandomDigitAffine(nn.Module):
@@ -77,13 +81,54 @@ class RandomDigitAffine(nn.Module):
     def forward(self, x: torch.Tensor, fill: float | torch.Tensor = 0.0) -> torch.Tensor:
         return self.draw(x, fill) if self.training else x
 
-    def draw(self, x: torch.Tensor, fill: float | torch.Tensor = 0.0, same: bool = False) -> torch.Tensor:
+    def draw(
+        self,
+        x: torch.Tensor,
+        fill: float | torch.Tensor = 0.0,
+        same: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """A fresh random affine map of every digit of ``x (B, C, H, W)``, in any mode.
 
         ``same=False``: each digit its own draw. ``same=True``: one draw, the same map for
         every digit of ``x`` (a test-time view); it does not depend on ``B`` or ``C``, so
-        under a fixed seed a digit gets the same view whatever batch or slot it is in."""
-        return warp_digits(self._warp(*x.shape[-2:], same), x, fill)
+        under a fixed seed a digit gets the same view whatever batch or slot it is in.
+        ``generator``: a CPU ``torch.Generator`` the maps are drawn from, in place of torch's
+        global one; a generator in the state the global one would be in draws the same maps
+        (:meth:`parameters_from`)."""
+        b, c, h, w = x.shape
+        warp = self._warp(h, w, same)
+        if generator is None:
+            return warp_digits(warp, x, fill)
+        return warp_digits(warp, x, fill, self.parameters_from(generator, b * c, h, w, same))
+
+    def parameters_from(self, generator: torch.Generator, n: int, h: int, w: int, same: bool) -> dict:
+        """The parameters of ``n`` maps of ``h`` x ``w`` digits (kornia's ``RandomAffine``
+        parameters: ``angle (n,)`` degrees, ``scale (n, 2)``, ``translations (n, 2)`` pixels,
+        ``center (n, 2)``, ``shear_x``/``shear_y (n,)`` zeros; all float32 on the CPU) drawn
+        from ``generator`` as kornia draws them from the global generator: angle, scale,
+        then the two shifts, each ``low + U[0, 1) * (high - low)`` in float32, one draw for
+        all ``n`` maps when ``same``."""
+
+        def uniform(low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:
+            low, high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
+            draw = low + torch.rand(1 if same else n, generator=generator, dtype=torch.float32) * (high - low)
+            return draw.repeat(n) if same else draw
+
+        shift = torch.tensor((self.shift / w, self.shift / h), dtype=torch.float32)  # fractions, as kornia takes them
+        angle = uniform(-self.rotate, self.rotate)
+        scale = uniform(1.0 - self.scale, 1.0 + self.scale).unsqueeze(1).repeat(1, 2)
+        translations = torch.stack([uniform(-shift[0], shift[0]) * w, uniform(-shift[1], shift[1]) * h], dim=-1)
+        center = (torch.tensor([w, h], dtype=torch.float32) / 2.0 - 0.5).view(1, 2).expand(n, -1)
+        zeros = torch.zeros(n, dtype=torch.float32)
+        return {
+            "translations": translations,
+            "center": center,
+            "scale": scale,
+            "angle": angle,
+            "shear_x": zeros,
+            "shear_y": zeros.clone(),
+        }
 
     def extra_repr(self) -> str:
         return f"shift={self.shift}, rotate={self.rotate}, scale={self.scale}"

@@ -16,7 +16,9 @@ probabilities over the pair as given and ``V`` random affine views of it
 strengths). The ``V`` maps are drawn from ``TTA_SEED`` afresh for every batch, one map per
 view for all digits, so a digit's answer depends on that digit alone (not on its batch,
 its place in it or its slot in the pair), evaluation is deterministic, and the training
-random stream is untouched. The per-epoch curves (validation) use the pair as given.
+random stream is untouched: the maps come from a ``torch.Generator`` of each call's own,
+never from torch's global one, so calls from several threads at once agree. The per-epoch
+curves (validation) use the pair as given.
 
 Optimiser (the study's recipe, ``docs/design.md`` §3): SGD, ``lr1`` for the first
 ``floor(switch_fraction * max_epochs)`` epochs, then ``lr2``; stepped per epoch
@@ -191,9 +193,9 @@ class PairModule(L.LightningModule):
             return self._members(net, x)
         outs = [self._members(net, x)]
         background = x.amin(dim=(-2, -1), keepdim=True)  # per digit: its 0-valued pixels, normalised
-        with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-            torch.manual_seed(TTA_SEED)
-            outs += [self._members(net, self.tta_views.draw(x, background, same=True)) for _ in range(views)]
+        seeded = torch.Generator().manual_seed(TTA_SEED)  # a call's own: no global state, safe across threads
+        for _ in range(views):
+            outs.append(self._members(net, self.tta_views.draw(x, background, same=True, generator=seeded)))
         logits = mean_probability(torch.stack([o[0] for o in outs]))
         digits = None if outs[0][1] is None else mean_probability(torch.stack([o[1] for o in outs]))
         return logits, digits
