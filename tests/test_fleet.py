@@ -118,6 +118,27 @@ def test_a_run_starts_as_its_solo_run(compose_cfg, tmp_path):
     assert torch.equal(mask[b:], model.net.branch1[10].train()(torch.ones(b, 200)))
 
 
+def test_the_gpu_way_of_drawing_runs_on_the_cpu(compose_cfg):
+    """Dropout masks and affine maps drawn from per-run generators on the training device (a
+    GPU's way, here on the CPU): the pack trains, reproducibly, each run from its own streams."""
+    from digitpairs.training.pack import PackModule, build_run, pack_trainer
+
+    overrides = ["recipe=beyond", "model.second=none", "model.tta=0", "logger=none", *TINY, "trainer.max_epochs=1"]
+
+    def train_once() -> list[torch.Tensor]:
+        cfgs = [compose_cfg(*overrides, f"seed={s}") for s in (0, 1)]
+        runs = [build_run(k, cfg) for k, cfg in enumerate(cfgs)]
+        module = PackModule(runs, device_draws=True)
+        pack_trainer(cfgs[0], [100, 100]).fit(module)
+        assert all(torch.device("cpu") in run.rng.generators for run in runs)  # the affine maps' generators
+        assert all(math.isfinite(run.history.history["train/loss"][0]) for run in runs)
+        return [run.model.net[0][-1].weight.detach().clone() for run in runs]
+
+    first, second = train_once(), train_once()
+    assert all(torch.equal(a, b) for a, b in zip(first, second, strict=True))  # the same draws again
+    assert not torch.equal(first[0], first[1])
+
+
 @pytest.mark.slow
 def test_fleet_runs_match_their_solo_runs_and_their_folders_read_as_solo(tmp_path):
     """Two runs packed: each run's per-epoch training loss and its test figures are its solo

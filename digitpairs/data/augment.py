@@ -93,8 +93,9 @@ class RandomDigitAffine(nn.Module):
         ``same=False``: each digit its own draw. ``same=True``: one draw, the same map for
         every digit of ``x`` (a test-time view); it does not depend on ``B`` or ``C``, so
         under a fixed seed a digit gets the same view whatever batch or slot it is in.
-        ``generator``: a CPU ``torch.Generator`` the maps are drawn from, in place of torch's
-        global one; a generator in the state the global one would be in draws the same maps
+        ``generator``: a ``torch.Generator`` the maps are drawn from, in place of torch's
+        global one (on the CPU, or on ``x``'s device: the maps are then drawn there); a CPU
+        generator in the state the global one would be in draws the same maps
         (:meth:`parameters_from`)."""
         b, c, h, w = x.shape
         warp = self._warp(h, w, same)
@@ -105,22 +106,25 @@ class RandomDigitAffine(nn.Module):
     def parameters_from(self, generator: torch.Generator, n: int, h: int, w: int, same: bool) -> dict:
         """The parameters of ``n`` maps of ``h`` x ``w`` digits (kornia's ``RandomAffine``
         parameters: ``angle (n,)`` degrees, ``scale (n, 2)``, ``translations (n, 2)`` pixels,
-        ``center (n, 2)``, ``shear_x``/``shear_y (n,)`` zeros; all float32 on the CPU) drawn
+        ``center (n, 2)``, ``shear_x``/``shear_y (n,)`` zeros; all float32 on the generator's device) drawn
         from ``generator`` as kornia draws them from the global generator: angle, scale,
         then the two shifts, each ``low + U[0, 1) * (high - low)`` in float32, one draw for
         all ``n`` maps when ``same``."""
 
+        device = generator.device
+        f32 = {"dtype": torch.float32, "device": device}
+
         def uniform(low: torch.Tensor | float, high: torch.Tensor | float) -> torch.Tensor:
-            low, high = torch.as_tensor(low, dtype=torch.float32), torch.as_tensor(high, dtype=torch.float32)
-            draw = low + torch.rand(1 if same else n, generator=generator, dtype=torch.float32) * (high - low)
+            low, high = torch.as_tensor(low, **f32), torch.as_tensor(high, **f32)
+            draw = low + torch.rand(1 if same else n, generator=generator, **f32) * (high - low)
             return draw.repeat(n) if same else draw
 
-        shift = torch.tensor((self.shift / w, self.shift / h), dtype=torch.float32)  # fractions, as kornia takes them
+        shift = torch.tensor((self.shift / w, self.shift / h), **f32)  # fractions, as kornia takes them
         angle = uniform(-self.rotate, self.rotate)
         scale = uniform(1.0 - self.scale, 1.0 + self.scale).unsqueeze(1).repeat(1, 2)
         translations = torch.stack([uniform(-shift[0], shift[0]) * w, uniform(-shift[1], shift[1]) * h], dim=-1)
-        center = (torch.tensor([w, h], dtype=torch.float32) / 2.0 - 0.5).view(1, 2).expand(n, -1)
-        zeros = torch.zeros(n, dtype=torch.float32)
+        center = (torch.tensor([w, h], **f32) / 2.0 - 0.5).view(1, 2).expand(n, -1)
+        zeros = torch.zeros(n, **f32)
         return {
             "translations": translations,
             "center": center,

@@ -179,6 +179,7 @@ class PackedDropout(nn.Module):
         super().__init__()
         self.layers = list(layers)  # not submodules: they hold no tensors
         self.p = layers[0].p
+        self.device_masks = False  # True: the per-run torch generators on the CPU too (tests of the GPU path)
         self._device_generators: dict[torch.device, list[torch.Generator]] = {}
 
     def _generators(self, device: torch.device) -> list[torch.Generator]:
@@ -196,7 +197,7 @@ class PackedDropout(nn.Module):
             return x
         k = len(self.layers)
         shape = (x.shape[0] // k, *x.shape[1:])
-        if x.device.type == "cpu":
+        if x.device.type == "cpu" and not self.device_masks:
             keep = np.concatenate([layer.rng.random(shape, dtype=np.float32) for layer in self.layers]) >= self.p
             keep = torch.from_numpy(keep)
         else:

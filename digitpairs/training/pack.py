@@ -47,7 +47,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from digitpairs.models.base import EVAL_PREFIX, diverged_message
-from digitpairs.models.packed import pack
+from digitpairs.models.packed import PackedDropout, pack
 from digitpairs.training.checkpoint import DATA_STATE_KEY, KEY
 from digitpairs.utils.errors import ConfigError
 from digitpairs.utils.io import atomic_write
@@ -114,6 +114,7 @@ class RunRandomState:
         self.numpy = np.random.get_state()
         self.python = random.getstate()
         self.cuda: dict[int, torch.Tensor] = {}
+        self.generators: dict[torch.device, torch.Generator] = {}
 
     @contextmanager
     def active(self, device: torch.device | None = None) -> Iterator[None]:
@@ -136,6 +137,15 @@ class RunRandomState:
             if cuda:
                 self.cuda[index] = torch.cuda.get_rng_state(index)
                 torch.cuda.set_rng_state(outer_cuda, index)
+
+    def device_generator(self, device: torch.device) -> torch.Generator:
+        """The run's own ``torch.Generator`` on ``device``, seeded once from its CPU state: on
+        a GPU its affine augmentation is drawn there, with no host work per step."""
+        if device not in self.generators:
+            with self.active():
+                seed = int(torch.randint(0, 2**62, ()))
+            self.generators[device] = torch.Generator(device=device).manual_seed(seed)
+        return self.generators[device]
 
     def globals(self) -> dict[str, Any]:
         """The states as :func:`digitpairs.training.resume.rng_state` takes them."""
@@ -272,16 +282,20 @@ class PackModule(L.LightningModule):
         runs: the pack's runs, each built as a solo run (:func:`build_run`).
         strategy: how convolutional stages run (:func:`~digitpairs.models.packed.pack`);
             ``auto``: ``loop`` on the CPU, ``grouped`` elsewhere.
+        device_draws: draw dropout masks and affine augmentation from per-run generators on
+            the training device (None: on any device but the CPU, where each run draws as
+            its solo run does; True on the CPU tests the GPU's way).
 
     Raises:
         NotPackable: networks that do not pack.
     """
 
-    def __init__(self, runs: list[Run], strategy: str = "auto") -> None:
+    def __init__(self, runs: list[Run], strategy: str = "auto", device_draws: bool | None = None) -> None:
         super().__init__()
         self.runs = runs
         self.models = nn.ModuleList([run.model for run in runs])
         self.strategy = strategy
+        self.device_draws = device_draws
         self.packed = self._pack("loop" if strategy == "auto" else strategy)
 
     def _pack(self, strategy: str) -> nn.Module:
@@ -291,8 +305,14 @@ class PackModule(L.LightningModule):
     def setup(self, stage: str) -> None:
         for run in self.runs:  # Lightning sets the trainer of direct children only
             run.model.trainer = self.trainer
-        if self.strategy == "auto" and self.trainer.strategy.root_device.type != "cpu":
+        on_cpu = self.trainer.strategy.root_device.type == "cpu"
+        if self.strategy == "auto" and not on_cpu:
             self.packed = self._pack("grouped")
+        if self.device_draws is None:
+            self.device_draws = not on_cpu
+        for m in self.packed.modules():
+            if isinstance(m, PackedDropout):
+                m.device_masks = self.device_draws
 
     # ---- data --------------------------------------------------------------------
     def _root_device(self) -> torch.device:
@@ -309,7 +329,9 @@ class PackModule(L.LightningModule):
         }
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        """Each run's own training augmentation of its rows, from its own random state."""
+        """Each run's own training augmentation of its rows, from its own random state: on the
+        CPU the solo run's draws; on another device the affine maps are drawn there from the
+        run's own generator (:meth:`RunRandomState.device_generator`)."""
         if not self.trainer.training:
             return batch
         x, target, classes = batch
@@ -317,11 +339,15 @@ class PackModule(L.LightningModule):
             return batch
         parts = []
         for run, rows in zip(self.runs, x.split(x.shape[0] // len(self.runs)), strict=True):
-            dm = run.datamodule
-            with run.rng.active(x.device):
-                for warp in (dm.augmenter, dm.elastic):
-                    if warp is not None:
-                        rows = warp(rows, fill=-dm.mean / dm.std)
+            dm, fill = run.datamodule, -run.datamodule.mean / run.datamodule.std
+            if dm.augmenter is not None and self.device_draws:  # drawn on the device
+                rows = dm.augmenter.draw(rows, fill, generator=run.rng.device_generator(x.device))
+            elif dm.augmenter is not None:  # on the CPU: the solo run's draws, from its own state
+                with run.rng.active():
+                    rows = dm.augmenter(rows, fill=fill)
+            if dm.elastic is not None:
+                with run.rng.active(x.device):
+                    rows = dm.elastic(rows, fill=fill)
             parts.append(rows)
         return torch.cat(parts), target, classes
 
