@@ -121,6 +121,7 @@ def test_a_run_starts_as_its_solo_run(compose_cfg, tmp_path):
 def test_the_gpu_way_of_drawing_runs_on_the_cpu(compose_cfg):
     """Dropout masks and affine maps drawn from per-run generators on the training device (a
     GPU's way, here on the CPU): the pack trains, reproducibly, each run from its own streams."""
+    from digitpairs.models.packed import PackedDropout
     from digitpairs.training.pack import PackModule, build_run, pack_trainer
 
     overrides = ["recipe=beyond", "model.second=none", "model.tta=0", "logger=none", *TINY, "trainer.max_epochs=1"]
@@ -131,6 +132,8 @@ def test_the_gpu_way_of_drawing_runs_on_the_cpu(compose_cfg):
         module = PackModule(runs, device_draws=True)
         pack_trainer(cfgs[0], [100, 100]).fit(module)
         assert all(torch.device("cpu") in run.rng.generators for run in runs)  # the affine maps' generators
+        drops = [m for m in module.packed.modules() if isinstance(m, PackedDropout)]
+        assert drops and all(torch.device("cpu") in m._device_generators for m in drops)  # the masks'
         assert all(math.isfinite(run.history.history["train/loss"][0]) for run in runs)
         return [run.model.net[0][-1].weight.detach().clone() for run in runs]
 
