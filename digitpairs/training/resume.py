@@ -280,7 +280,9 @@ def check_resumable(ckpt: dict[str, Any], key: str = "ckpt_path", value: str = "
             f"{', '.join(missing or ['random state'])}): use it with evaluate.py or predict.py, or train a new run",
         )
     problem = _rng_problem(own["rng"])
-    if problem is None:
+    if problem is not None:
+        problem = f"its random state cannot be restored: {problem}"
+    else:
         problem = _history_problem(ckpt.get("callbacks", {}), ckpt_io.epochs_done(ckpt) or 0)
     if problem is None:
         version = ckpt.get("pytorch-lightning_version")
