@@ -219,6 +219,7 @@ RESUME_DAMAGES = {
     "random_state": (_set("digitpairs/rng/torch", torch.zeros(7, dtype=torch.uint8)), "its random state"),
     "history": (_set("callbacks/EpochHistory/history/evil", [1.0]), "its history has an unknown key 'evil'"),
     "optimiser_shape": (_misshapen_momentum, "its optimiser state does not fit the model"),
+    "loops": (_set("loops", {}), "its loops record no count of the epochs done"),
     "lightning_version": (_set("pytorch-lightning_version", "not a version"), "its Lightning version"),
 }
 

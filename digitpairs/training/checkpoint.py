@@ -69,10 +69,13 @@ def load(path: str | Path, key: str = "ckpt_path", check_class: bool = True) -> 
         raise ConfigError(key, str(path), f"{EXPECTED}; torch.load failed ({type(err).__name__})") from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
         raise ConfigError(key, str(path), f"{EXPECTED}; this file holds no Lightning model state")
-    if check_class:
-        check_model(ckpt, key, str(path))  # raises for a model that is not ours, or hyperparameters it does not take
-    check_values(ckpt, key, str(path))
-    check_overrides(info(ckpt, key, str(path))["overrides"], key, str(path))
+    try:
+        if check_class:
+            check_model(ckpt, key, str(path))  # a model that is not ours, or hyperparameters it does not take
+        check_values(ckpt, key, str(path))
+        check_overrides(info(ckpt, key, str(path))["overrides"], key, str(path))
+    except RecursionError:  # a value nested thousands deep: never a traceback
+        raise ConfigError(key, str(path), f"{EXPECTED}; it holds values nested too deeply") from None
     return ckpt
 
 

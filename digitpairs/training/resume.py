@@ -255,8 +255,10 @@ def check_resumable(ckpt: dict[str, Any], key: str = "ckpt_path", value: str = "
     state), the optimiser, the lr schedule and the loops. A shipped model (``pretrained/``)
     holds the weights only: it is refused, with where it can be used. A checkpoint of
     another program has no record of ours. The random state and the callbacks' state
-    must restore as saved (:func:`_rng_problem`, :func:`_history_problem`), and
-    Lightning's version must parse (Lightning migrates checkpoints by it).
+    must restore as saved (:func:`_rng_problem`, :func:`_history_problem`), the loops
+    must count the epochs done, the data module's state must name its source and hold a
+    mean and std in range, and Lightning's version must parse (Lightning migrates
+    checkpoints by it).
 
     Raises:
         ConfigError: naming ``key``, ``value`` and the reason.
@@ -279,11 +281,22 @@ def check_resumable(ckpt: dict[str, Any], key: str = "ckpt_path", value: str = "
             f"{ckpt_io.EXPECTED} to resume; this one holds a model's weights only (a shipped model: no "
             f"{', '.join(missing or ['random state'])}): use it with evaluate.py or predict.py, or train a new run",
         )
+    try:
+        done = ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    except (KeyError, TypeError):
+        done = None
+    data_state = ckpt.get(ckpt_io.DATA_STATE_KEY)
     problem = _rng_problem(own["rng"])
     if problem is not None:
         problem = f"its random state cannot be restored: {problem}"
+    elif not isinstance(done, int):
+        problem = "its loops record no count of the epochs done"
+    elif data_state is not None and not (isinstance(data_state, dict) and data_state.get("resolved_source")):
+        problem = "its data module state names no data source"
     else:
-        problem = _history_problem(ckpt.get("callbacks", {}), ckpt_io.epochs_done(ckpt) or 0)
+        if data_state is not None:
+            ckpt_io.normalisation(ckpt, key, value)  # a mean and std in range (raises)
+        problem = _history_problem(ckpt.get("callbacks", {}), done)
     if problem is None:
         version = ckpt.get("pytorch-lightning_version")
         try:
