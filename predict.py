@@ -86,10 +86,18 @@ def main(argv: list[str]) -> int:
 
     try:
         model_arg, images = split_args(args)
-        from digitpairs.inference.predict import compare, human_line, load_digit, load_model, mnist_test_digit
+        from digitpairs.inference.predict import (
+            check_answer,
+            compare,
+            human_line,
+            load_digit,
+            load_model,
+            mnist_test_digit,
+        )
         from digitpairs.inference.pretrained import resolve_model
 
-        model, mean, std = load_model(str(resolve_model(model_arg)))
+        model_file = str(resolve_model(model_arg))
+        model, mean, std = load_model(model_file)
         if args.mnist_test:
             digits = [mnist_test_digit(i, args.source, str(project_path(args.root))) for i in args.mnist_test]
         else:
@@ -100,8 +108,11 @@ def main(argv: list[str]) -> int:
     for name, digit in zip(("first", "second"), digits, strict=True):
         if digit.inverted:
             print(f"note: the {name} image has a light background: inverted to a white digit on black", file=sys.stderr)
-    result = compare(model, digits[0].image, digits[1].image, mean, std)
-    print(json.dumps(result) if args.json else human_line(result))
+    try:
+        result = check_answer(compare(model, digits[0].image, digits[1].image, mean, std), "checkpoint", model_file)
+    except ConfigError as err:
+        exit_with(str(err), 2)
+    print(json.dumps(result, allow_nan=False) if args.json else human_line(result))
     return 0
 
 

@@ -33,9 +33,11 @@ def test_a_shipped_model_loads_as_data_and_scores_its_recorded_accuracy(name, mo
     assert not any(k.startswith("second.") for k in state["state_dict"])
     recorded = json.loads((PRETRAINED / name / "metrics.json").read_text())
     assert recorded["model"] == model and recorded["n_train"] == 1000 and recorded["n_test"] == 1000
+    assert about["epochs"] == recorded["epochs"] == {"beyond": 70, "ws_aux": 50}[name]  # the count, not one more
     (r,) = evaluate(compose_config([f"ckpt_path={name}", "threads=1"], tmp_path / "ev", config_name="evaluate"))
     assert r["checkpoint"] == str(ckpt) and r["own_test_acc"] == recorded["test_acc"]
     assert r["errors"] == recorded["test_errors"]  # its own 1000 test pairs, the same errors
+    assert r["epochs"] == recorded["epochs"]
     assert r["acc"] >= {"beyond": 0.985, "ws_aux": 0.965}[name]
 
 

@@ -262,8 +262,12 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
     require_number("data.n_pairs", cfg.data.n_pairs, 1, integer=True)
     require_number("data.eval_batch_size", cfg.data.eval_batch_size, 1, integer=True)
     files, is_sweep = find_checkpoints(cfg.ckpt_path)
-    for f in files:  # every checkpoint checked before any work
-        ckpt_io.normalisation(ckpt_io.load(f), value=str(f))
+    for f in files:  # every checkpoint checked whole (integrity, values, weights) before any work
+        ckpt = ckpt_io.load(f)
+        ckpt_io.normalisation(ckpt, value=str(f))
+        ckpt_io.build_model(ckpt, value=str(f))
+        if cfg.seed is None and ckpt_io.info(ckpt)["seed"] is None:
+            raise ConfigError("seed", None, f"a seed: the checkpoint {f} records none of its own")
     quiet_lightning_console()
     configure_cpu(cfg.threads, cfg.cpu.flush_denormal, cfg.cpu.tune_malloc)
     root = project_path(cfg.data.root)

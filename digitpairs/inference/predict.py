@@ -26,6 +26,7 @@ INK = 0.1  # share of the brightest pixel that counts as ink, for the bounding b
 MAX_PIXELS = 50_000_000  # larger images are refused before they are decoded (a 12000x12000 PNG needs 2.8 GB)
 MAX_SIDE_DRAFT = 1024  # a JPEG is decoded at the smallest scale that keeps this many pixels a side
 IMAGE = "image file (PNG or JPEG, any size, grey or colour) of one digit"
+FORMATS = ("PNG", "JPEG")  # the only decoders Pillow may use on a file (docs/usage.md promises these)
 
 
 @dataclass
@@ -121,26 +122,35 @@ def grey_pixels(img, key: str = "image", value: str = "?") -> np.ndarray:
 def load_digit(path: str | Path, key: str) -> Digit:
     """Read an image file and prepare it as a 14x14 digit (see the module doc).
 
+    Only the formats of ``FORMATS`` (PNG and JPEG, as documented) are decoded, whatever the
+    file's name: Pillow is never asked to guess among its other decoders (EPS, for one,
+    would start Ghostscript). Anything that goes wrong while Pillow reads the file (a
+    truncated or damaged file, another format) is the one "not one" line.
+
     Raises:
-        ConfigError: a missing file, a file that is not an image, or an empty or
-            one-colour image; ``key`` names the argument.
+        ConfigError: a missing file, a file that is not a PNG or JPEG image, or an empty
+            or one-colour image; ``key`` names the argument.
     """
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     file = Path(path)
     if not file.is_file():
         raise ConfigError(key, str(path), f"an existing {IMAGE}")
     try:
-        with Image.open(file) as img:
-            return prepare_image(img, key, str(path))
+        with Image.open(file, formats=FORMATS) as img:
+            grey = grey_pixels(img, key, str(path))  # decodes the file
     except ConfigError:
         raise
     except Image.DecompressionBombError:  # Pillow's own limit, far above ours: refused at the header
         raise ConfigError(
             key, str(path), f"an {IMAGE} of at most {MAX_PIXELS // 10**6} megapixels; this one is far larger"
         ) from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except MemoryError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure of a decoder is the same user error
         raise ConfigError(key, str(path), f"an {IMAGE}; this file is not one ({type(err).__name__})") from None
+    frame, inverted = mnist_frame(grey, key, str(path))
+    return Digit(downsample(frame[None])[0], inverted)
 
 
 def prepare_image(img, key: str = "image", value: str = "?") -> Digit:
@@ -210,7 +220,23 @@ def human_line(r: dict[str, Any]) -> str:
 
 
 def load_model(path: str):
-    """``(model, mean, std)`` of a checkpoint; bad input names the ``checkpoint`` argument."""
+    """``(model, mean, std)`` of a checkpoint, every part checked
+    (:func:`digitpairs.training.checkpoint.load`, then its normalisation and weights); bad
+    input names the ``checkpoint`` argument."""
     ckpt = ckpt_io.load(path, key="checkpoint")
     mean, std = ckpt_io.normalisation(ckpt, key="checkpoint", value=path)
     return ckpt_io.build_model(ckpt, key="checkpoint", value=path), mean, std
+
+
+def check_answer(result: dict[str, Any], key: str = "checkpoint", value: str = "?") -> dict[str, Any]:
+    """``result`` of :func:`compare` if every number in it is finite (so that it is JSON).
+
+    Raises:
+        ConfigError: a NaN or infinite probability, naming the model that gave it.
+    """
+    import math
+
+    numbers = [result["p_le"], *(result["first_probs"] or []), *(result["second_probs"] or [])]
+    if not all(isinstance(x, (int, float)) and math.isfinite(x) for x in numbers):
+        raise ConfigError(key, value, f"a model whose answer is finite; it answers p={result['p_le']} for these images")
+    return result

@@ -83,7 +83,8 @@ def export(sweep_dir: Path, out_dir: Path = PRETRAINED_DIR) -> list[Path]:
     ``out_dir/<name>/metrics.json``.
 
     The checkpoint keeps what inference needs (``KEEP`` and the project's record without the
-    random state) and loads with ``torch.load(weights_only=True)``.
+    random state, with the epochs done) and loads with ``torch.load(weights_only=True)``;
+    it cannot resume a run (``train.py ckpt_path=`` refuses it).
 
     Raises:
         ConfigError: a folder without a finished seed-0 run of each model.
@@ -92,6 +93,7 @@ def export(sweep_dir: Path, out_dir: Path = PRETRAINED_DIR) -> list[Path]:
 
     import torch
 
+    from digitpairs.training import checkpoint as ckpt_io
     from digitpairs.utils.io import atomic_write, write_json
 
     written = []
@@ -100,9 +102,11 @@ def export(sweep_dir: Path, out_dir: Path = PRETRAINED_DIR) -> list[Path]:
         name = MODEL_OF.get(metrics.get("model"))
         if name is None or metrics.get("status") != "ok" or metrics.get("seed") != 0:
             continue
-        ckpt = torch.load(job.parent / metrics["checkpoint"], map_location="cpu", weights_only=True)
+        ckpt = ckpt_io.load(job.parent / metrics["checkpoint"], key="sweep")
         slim = {k: ckpt[k] for k in KEEP if k in ckpt}
-        slim["digitpairs"] = {k: v for k, v in ckpt["digitpairs"].items() if k != "rng"}
+        # the loops are left out: the epochs done go into the record (Lightning's "epoch" is no count)
+        slim[ckpt_io.KEY] = {k: v for k, v in ckpt[ckpt_io.KEY].items() if k != "rng"}
+        slim[ckpt_io.KEY]["epochs"] = ckpt_io.epochs_done(ckpt)
         target = Path(out_dir) / name
         atomic_write(target / "model.ckpt", lambda tmp, slim=slim: torch.save(slim, tmp))
         shipped = {k: v for k, v in metrics.items() if k not in ("history", "hparams", "resumed_from")}

@@ -197,6 +197,148 @@ def compare_hparams(model: L.LightningModule, datamodule: L.LightningDataModule,
     return lines
 
 
+# what a run's checkpoint holds beyond the model: Lightning resumes from these
+RUN_STATE = ("optimizer_states", "lr_schedulers", "loops")
+
+
+def _rng_problem(state: Any) -> str | None:
+    """Why ``state`` (the ``rng`` of a checkpoint's record) cannot be restored by
+    :func:`set_rng_state`, or None: each part is applied to a fresh generator of its own
+    kind (never one that the checkpoint names)."""
+    if not isinstance(state, dict) or set(state) != {"torch", "cuda", "numpy", "python", "dropout"}:
+        return "not the five random states of a run"
+    try:
+        torch.Generator().set_state(state["torch"])
+        if not isinstance(state["cuda"], list) or not all(
+            isinstance(t, torch.Tensor) and t.dtype == torch.uint8 for t in state["cuda"]
+        ):
+            return "the CUDA states are not byte tensors"
+        kind, keys, *rest = state["numpy"]
+        np.random.RandomState().set_state((kind, keys.numpy().astype(np.uint32), *rest))
+        random.Random().setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
+        if not isinstance(state["dropout"], dict):
+            return "the dropout states are not a mapping"
+        for saved in state["dropout"].values():
+            np.random.PCG64().state = saved  # our Dropout layers draw from PCG64 (np.random.default_rng)
+    except Exception as err:  # noqa: BLE001 - any malformed state is the same user error
+        return f"a state that does not restore ({type(err).__name__})"
+    return None
+
+
+def _history_problem(callbacks: Any, epochs: int) -> str | None:
+    """Why the callbacks' state of a checkpoint cannot continue its run's history, or None:
+    ``EpochHistory`` holds known keys, each a list of at most ``epochs`` numbers, and an
+    epoch count in [0, epochs]."""
+    from digitpairs.training.task import EVAL_HISTORY, TRAIN_HISTORY
+
+    if not isinstance(callbacks, dict):
+        return "its callbacks' state is not a mapping"
+    state = callbacks.get("EpochHistory")
+    if state is None:
+        return None
+    history, done = (state.get("history"), state.get("train_epochs")) if isinstance(state, dict) else (None, None)
+    if not isinstance(history, dict) or not isinstance(done, int) or isinstance(done, bool) or not 0 <= done <= epochs:
+        return "its history is not a mapping with an epoch count"
+    for name, series in history.items():
+        if name not in TRAIN_HISTORY + EVAL_HISTORY:
+            return f"its history has an unknown key {name!r}"
+        ok = isinstance(series, list) and len(series) <= epochs
+        if not ok or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in series):
+            return f"its history {name!r} is not a list of at most {epochs} numbers"
+    return None
+
+
+def check_resumable(ckpt: dict[str, Any], key: str = "ckpt_path", value: str = "?") -> None:
+    """Refuse a checkpoint that cannot resume a run, before anything is built.
+
+    A run's ``checkpoints/last.ckpt`` holds the project's record (class, overrides, random
+    state), the optimiser, the lr schedule and the loops. A shipped model (``pretrained/``)
+    holds the weights only: it is refused, with where it can be used. A checkpoint of
+    another program has no record of ours. The random state and the callbacks' state
+    must restore as saved (:func:`_rng_problem`, :func:`_history_problem`), the loops
+    must count the epochs done, the data module's state must name its source and hold a
+    mean and std in range, and Lightning's version must parse (Lightning migrates
+    checkpoints by it).
+
+    Raises:
+        ConfigError: naming ``key``, ``value`` and the reason.
+    """
+    from packaging.version import InvalidVersion, Version
+
+    own = ckpt.get(KEY)
+    if not isinstance(own, dict) or "class" not in own:
+        raise ConfigError(
+            key,
+            value,
+            f"{ckpt_io.EXPECTED}; this one has no digitpairs record (its model class, overrides and random "
+            "state): another program wrote it",
+        )
+    missing = [part for part in RUN_STATE if part not in ckpt]
+    if missing or "rng" not in own:
+        raise ConfigError(
+            key,
+            value,
+            f"{ckpt_io.EXPECTED} to resume; this one holds a model's weights only (a shipped model: no "
+            f"{', '.join(missing or ['random state'])}): use it with evaluate.py or predict.py, or train a new run",
+        )
+    try:
+        done = ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["processed"]
+    except (KeyError, TypeError):
+        done = None
+    data_state = ckpt.get(ckpt_io.DATA_STATE_KEY)
+    problem = _rng_problem(own["rng"])
+    if problem is not None:
+        problem = f"its random state cannot be restored: {problem}"
+    elif not isinstance(done, int):
+        problem = "its loops record no count of the epochs done"
+    elif data_state is not None and not (isinstance(data_state, dict) and data_state.get("resolved_source")):
+        problem = "its data module state names no data source"
+    else:
+        if data_state is not None:
+            ckpt_io.normalisation(ckpt, key, value)  # a mean and std in range (raises)
+        problem = _history_problem(ckpt.get("callbacks", {}), done)
+    if problem is None:
+        version = ckpt.get("pytorch-lightning_version")
+        try:
+            Version(str(version))
+        except InvalidVersion:
+            problem = f"its Lightning version {version!r} is not a version"
+    if problem is not None:
+        raise ConfigError(key, value, f"{ckpt_io.EXPECTED}; {problem}")
+
+
+def check_fits(ckpt: dict[str, Any], model: L.LightningModule, key: str = "ckpt_path", value: str = "?") -> None:
+    """Refuse a checkpoint whose weights or optimiser state do not fit ``model`` (the same
+    names and shapes; one optimiser state per parameter, each tensor of a parameter's
+    shape), so that Lightning never meets them half-way through restoring.
+
+    Raises:
+        ConfigError: naming the first tensor that does not fit.
+    """
+    own = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in ckpt["state_dict"].items()}
+    if own != saved:
+        name = sorted(set(own) ^ set(saved)) or [k for k in own if own[k] != saved[k]]
+        raise ConfigError(key, value, f"{ckpt_io.EXPECTED}; its weights do not fit the model ({name[0]})")
+    shapes = [tuple(p.shape) for p in model.parameters()]
+    for opt in ckpt.get("optimizer_states") or []:
+        try:
+            ids = [i for group in opt["param_groups"] for i in group["params"]]
+            state = opt["state"]
+            fits = sorted(ids) == list(range(len(shapes))) and all(
+                i in range(len(shapes))
+                and all(
+                    not isinstance(t, torch.Tensor) or t.ndim == 0 or tuple(t.shape) == shapes[i]
+                    for t in per_param.values()
+                )
+                for i, per_param in state.items()
+            )
+        except (KeyError, TypeError, AttributeError):
+            fits = False
+        if not fits:
+            raise ConfigError(key, value, f"{ckpt_io.EXPECTED}; its optimiser state does not fit the model")
+
+
 def check_resume(cfg, model: L.LightningModule, datamodule: L.LightningDataModule) -> dict:
     """Check ``cfg.ckpt_path`` against the run about to start; log what differs.
 
@@ -204,11 +346,15 @@ def check_resume(cfg, model: L.LightningModule, datamodule: L.LightningDataModul
     and, for a larger ``trainer.max_epochs``, one line saying the lr schedule stays.
 
     Raises:
-        ConfigError: not a checkpoint of this project, a checkpoint of another model,
-            or ``trainer.max_epochs`` not above the epochs the checkpoint has done.
+        ConfigError: not a checkpoint of this project, one that cannot resume
+            (:func:`check_resumable`), a checkpoint of another model or one that does not
+            fit it (:func:`check_fits`), or ``trainer.max_epochs`` not above the epochs
+            the checkpoint has done.
     """
     path = str(cfg.ckpt_path)
-    ckpt = ckpt_io.load(path)
+    ckpt = ckpt_io.load(path, check_class=False)
+    check_resumable(ckpt, value=path)
+    ckpt_io.check_model(ckpt, value=path)
     about = ckpt_io.info(ckpt)
     if about["model"] != cfg.model_name or ckpt_io.model_class(ckpt, value=path) is not type(model):
         raise ConfigError(
@@ -217,6 +363,7 @@ def check_resume(cfg, model: L.LightningModule, datamodule: L.LightningDataModul
             f"a checkpoint of model={cfg.model_name} ({type(model).__name__}); it holds model={about['model']} "
             f"(resume it with model={about['model']}, or leave model= out)",
         )
+    check_fits(ckpt, model, value=path)
     done, max_epochs = about["epochs"], cfg.trainer.max_epochs
     if max_epochs <= done:
         raise ConfigError(

@@ -117,9 +117,15 @@ def resume_arguments(argv: list[str]) -> list[str]:
     project's composed config has, are applied again; anything else refuses the
     checkpoint, before anything it names is imported or called.
 
+    The checkpoint is checked whole before Hydra composes anything: its integrity and
+    values (:func:`~digitpairs.training.checkpoint.load`), that it can resume a run
+    (:func:`~digitpairs.training.resume.check_resumable`: a shipped model cannot), and that
+    its weights and optimiser state fit the model its hyperparameters build.
+
     Raises:
-        ConfigError: ``ckpt_path`` is not a checkpoint of this project, is swept, or
-            records an override that may not be applied again.
+        ConfigError: ``ckpt_path`` is not a checkpoint of this project, is damaged, holds
+            a value out of its range, cannot resume a run, is swept, or records an
+            override that may not be applied again.
     """
     found = [a for a in argv if "=" in a and a.split("=", 1)[0] in CKPT_KEYS]
     if not found:
@@ -129,12 +135,16 @@ def resume_arguments(argv: list[str]) -> list[str]:
         return [a for a in argv if a not in found]
     value = ckpt_path_value(raw)
     from digitpairs.training import checkpoint as ckpt_io
+    from digitpairs.training.resume import check_fits, check_resumable
 
-    ckpt = ckpt_io.load(value, check_class=False)  # checks the recorded overrides; the class when the run starts
+    ckpt = ckpt_io.load(value, check_class=False)  # its integrity, its values and its recorded overrides
+    check_resumable(ckpt, value=value)  # a run's checkpoint (not a shipped model's, not another program's)
+    check_fits(ckpt, ckpt_io.build_model(ckpt, value=value), value=value)  # its class, weights and optimiser
     about = ckpt_io.info(ckpt)
     user = [a for a in argv if a not in found]
     user_keys = {_key(a) for a in user if "=" in a}
-    recorded = about["overrides"] or [f"model={about['model']}", f"seed={about['seed']}"]
+    fallback = [f"model={about['model']}"] + ([f"seed={about['seed']}"] if about["seed"] is not None else [])
+    recorded = about["overrides"] or fallback
     recorded = [a for a in recorded if _key(a) not in ("ckpt_path", "data.source")]
     if about["source"]:
         recorded.append(f"data.source={about['source']}")
