@@ -108,6 +108,7 @@ class PairDataModule(L.LightningDataModule):
         self.batch_size, self.eval_batch_size, self.seed, self.test_curve = batch_size, eval_batch_size, seed, test_curve
         self.resolved_source: str | None = None
         self.source_label: str | None = None  # e.g. "MNIST 60,000/10,000 (idx)", once set up
+        self.train_origin = ""  # the labels file of the training digits, for messages, once set up
         self.mean = self.std = None
         self.sets: dict[str, TensorDataset] = {}
 
@@ -117,6 +118,7 @@ class PairDataModule(L.LightningDataModule):
             return
         train_pool, test_pool, self.resolved_source = load_pools(self.source, self.root)
         self.source_label = describe(train_pool, test_pool, self.resolved_source)
+        self.train_origin = train_pool.origin
         g = torch.Generator().manual_seed(self.seed)
         x, t, c = make_pairs(train_pool, self.n_pairs, g)
         x_test, t_test, c_test = make_pairs(test_pool, self.n_pairs, g)

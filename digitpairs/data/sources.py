@@ -10,6 +10,12 @@ two pools, train and test, that never share an image::
                  the 60,000 / 10,000 pools; one set alone is split into two fixed halves
     torchvision  torchvision.datasets.MNIST under data.root; downloads (11 MB) if missing
 
+Every file is checked when it is read, before any pair is drawn (:func:`read_idx`,
+:func:`check_set`): its IDX magic number (unsigned bytes; 3 dimensions for images, 1 for
+labels), its size against its header, 28x28 images, labels 0-9, as many labels as images.
+A file that fails is one :class:`~digitpairs.utils.errors.ConfigError` naming ``data.root``
+and the file.
+
 The study's protocol draws training pairs from MNIST's 60,000 training digits and test
 pairs from its 10,000 test digits (``docs/design.md`` §1): ``auto`` on the repository's
 ``data/mnist`` gives exactly that, offline.
@@ -30,6 +36,10 @@ from digitpairs.utils.errors import ConfigError, require_choice
 SOURCES = ("auto", "idx", "torchvision")
 POOL_SPLIT_SEED = 0  # fixed: the split of a single set into two pools never depends on a run's seed
 IDX_FILES = ("images-idx3", "labels-idx1")
+IDX_DIMS = {"images-idx3": 3, "labels-idx1": 1}  # the dimensions each file's magic number declares
+IDX_UBYTE = 0x08  # the IDX type code of unsigned bytes, MNIST's only type
+IMAGE_SIZE = 28  # MNIST's digits are 28x28 (average-pooled to 14x14)
+N_CLASSES = 10  # labels 0-9
 
 
 @dataclass(frozen=True)
@@ -40,11 +50,13 @@ class Pool:
         images: ``float32 (N, 14, 14)``, pixel values 0-255 (2x2 average of 28x28 MNIST).
         labels: ``int64 (N,)``, digits 0-9.
         name: where the digits come from, e.g. ``"idx:train"``.
+        origin: the file of the labels, for messages (``""`` if none).
     """
 
     images: torch.Tensor
     labels: torch.Tensor
     name: str
+    origin: str = ""
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -58,7 +70,7 @@ def downsample(images28: torch.Tensor) -> torch.Tensor:
     return F.avg_pool2d(images28.float().unsqueeze(1), kernel_size=2, stride=2).squeeze(1)
 
 
-def split_stratified(images: torch.Tensor, labels: torch.Tensor, source: str) -> tuple[Pool, Pool]:
+def split_stratified(images: torch.Tensor, labels: torch.Tensor, source: str, origin: str = "") -> tuple[Pool, Pool]:
     """Split one labelled set into two fixed, disjoint, class-balanced halves.
 
     Each class's images are shuffled with the fixed ``POOL_SPLIT_SEED``; the first half
@@ -66,7 +78,8 @@ def split_stratified(images: torch.Tensor, labels: torch.Tensor, source: str) ->
     same for every run, so train and test pools never share an image.
 
     Args:
-        images: ``float32 (N, 14, 14)``; labels: ``int64 (N,)``; source: a name for logs.
+        images: ``float32 (N, 14, 14)``; labels: ``int64 (N,)``; source: a name for logs;
+        origin: the labels' file (:attr:`Pool.origin`).
 
     Returns:
         ``(train_pool, test_pool)``.
@@ -79,7 +92,10 @@ def split_stratified(images: torch.Tensor, labels: torch.Tensor, source: str) ->
         first.append(idx[: len(idx) // 2])
         second.append(idx[len(idx) // 2 :])
     a, b = torch.cat(first).sort().values, torch.cat(second).sort().values
-    return Pool(images[a], labels[a], f"{source}:train"), Pool(images[b], labels[b], f"{source}:test")
+    return (
+        Pool(images[a], labels[a], f"{source}:train", origin),
+        Pool(images[b], labels[b], f"{source}:test", origin),
+    )
 
 
 def find_idx(folder: Path, prefix: str) -> tuple[Path, Path] | None:
@@ -95,75 +111,169 @@ def find_idx(folder: Path, prefix: str) -> tuple[Path, Path] | None:
     return found[0], found[1]
 
 
-def read_idx(path: Path) -> torch.Tensor:
-    """An IDX file (plain or ``.gz``) as a ``uint8`` tensor of its shape, ``(N, 28, 28)`` for
-    images and ``(N,)`` for labels, read with torchvision's MNIST reader (a ``.gz`` is
-    decompressed into a temporary folder first).
+def _shown(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` where it lies inside it (``MNIST/raw/...``), else whole."""
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return str(path)
+
+
+def _bad_file(root: Path, path: Path, why: str) -> ConfigError:
+    return ConfigError("data.root", str(root), f"MNIST IDX files; {_shown(path, root)} {why}")
+
+
+def read_idx(path: Path, ndim: int | None = None, root: Path | None = None) -> torch.Tensor:
+    """An IDX file (plain or ``.gz``) of unsigned bytes as a ``uint8`` tensor of its shape,
+    ``(N, 28, 28)`` for images and ``(N,)`` for labels, read with torchvision's MNIST reader
+    (a ``.gz`` is decompressed into a temporary folder first).
+
+    Its magic number is checked first: ``0x00 0x00 0x08 ndim`` (unsigned bytes, ``ndim``
+    dimensions); then its length against the sizes in its header.
+
+    Args:
+        path: the file; ndim: the dimensions it must have (3 for images, 1 for labels;
+            default: as its name says, ``idx3`` or ``idx1``); root: ``data.root``, for
+            messages (default: the file's folder).
 
     Raises:
-        ConfigError: a file that torchvision cannot read as an IDX file.
+        ConfigError: naming ``data.root`` and the file: not gzip, another magic number,
+            or a length that disagrees with its header (a truncated file).
     """
     from torchvision.datasets.mnist import read_sn3_pascalvincent_tensor
     from torchvision.datasets.utils import extract_archive
 
+    root = path.parent if root is None else root
+    if ndim is None:
+        ndim = next((d for kind, d in IDX_DIMS.items() if kind in path.name), 3)
+
+    def read(plain: str) -> torch.Tensor:
+        with open(plain, "rb") as f:
+            head, sizes = f.read(4), f.read(4 * ndim)
+        if not head:
+            raise _bad_file(root, path, "is empty")
+        if len(head) < 4 or head[:3] != bytes([0, 0, IDX_UBYTE]) or head[3] != ndim:
+            raise _bad_file(
+                root,
+                path,
+                f"starts with 0x{head.hex()}, not the magic number 0x{IDX_UBYTE:06x}{ndim:02x} "
+                f"(unsigned bytes, {ndim} dimension{'s' if ndim > 1 else ''})",
+            )
+        if len(sizes) < 4 * ndim:
+            raise _bad_file(root, path, "is cut short inside its header")
+        if int.from_bytes(sizes[:4], "big") == 0:
+            raise _bad_file(root, path, f"holds no {'images' if ndim == 3 else 'items'}")
+        return read_sn3_pascalvincent_tensor(plain, strict=False)
+
     try:
         if path.suffix != ".gz":
-            return read_sn3_pascalvincent_tensor(str(path), strict=False)
+            return read(str(path))
         with tempfile.TemporaryDirectory() as tmp:
-            return read_sn3_pascalvincent_tensor(extract_archive(str(path), tmp), strict=False)
-    except (OSError, EOFError, KeyError, RuntimeError, ValueError) as err:
-        raise ConfigError("data.root", str(path.parent), f"MNIST IDX files; {path.name} is not one ({type(err).__name__})") from None
+            return read(extract_archive(str(path), tmp))
+    except ConfigError:
+        raise
+    except (OSError, EOFError, KeyError, RuntimeError, ValueError, AssertionError) as err:
+        why = "is cut short or longer than its header says" if isinstance(err, RuntimeError) else "is not one"
+        raise _bad_file(root, path, f"{why} ({type(err).__name__})") from None
 
 
-def idx_pools(folder: Path) -> tuple[Pool, Pool]:
+def check_set(images: torch.Tensor, labels: torch.Tensor, files: tuple[Path, Path], root: Path) -> None:
+    """Check one set of MNIST digits as read from its IDX files, before any pair is drawn.
+
+    Args:
+        images: ``uint8 (N, H, W)``; labels: ``uint8 (N,)``; files: their (images,
+            labels) files; root: ``data.root``, for messages.
+
+    Raises:
+        ConfigError: naming ``data.root`` and the file: images that are not 28x28, no
+            images, a label outside 0-9, or as many labels as images.
+    """
+    if tuple(images.shape[1:]) != (IMAGE_SIZE, IMAGE_SIZE):
+        size = "x".join(map(str, images.shape[1:]))
+        raise _bad_file(root, files[0], f"holds {size} images; MNIST's are {IMAGE_SIZE}x{IMAGE_SIZE}")
+    if len(images) == 0:
+        raise _bad_file(root, files[0], "holds no images")
+    if len(images) != len(labels):
+        raise _bad_file(
+            root, files[1], f"holds {len(labels):,} labels for the {len(images):,} images of {_shown(files[0], root)}"
+        )
+    bad = torch.nonzero(labels >= N_CLASSES).flatten()
+    if len(bad):
+        i = int(bad[0])
+        raise _bad_file(
+            root, files[1], f"holds label {int(labels[i])} at item {i} ({len(bad):,} of {len(labels):,} labels outside 0-{N_CLASSES - 1})"
+        )
+
+
+def read_set(files: tuple[Path, Path], root: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    """The checked digits of one (images, labels) pair of IDX files (:func:`read_idx`,
+    :func:`check_set`): ``(float32 (N, 14, 14) 0-255, int64 (N,))``.
+
+    Raises:
+        ConfigError: see :func:`read_idx` and :func:`check_set`.
+    """
+    images, labels = (read_idx(f, IDX_DIMS[kind], root) for f, kind in zip(files, IDX_FILES, strict=True))
+    check_set(images, labels, files, root)
+    return downsample(images), labels.long()
+
+
+def idx_pools(folder: Path, source: str = "idx", root: Path | None = None) -> tuple[Pool, Pool]:
     """The pools of the IDX files in ``folder``: MNIST train and t10k as the train and test
     pools; only one of the two sets present, that set split in two (:func:`split_stratified`).
 
+    Args:
+        folder: the folder of the files; source: the pools' name prefix; root:
+            ``data.root`` for messages (default ``folder``).
+
     Raises:
-        ConfigError: a missing folder, no complete set of files, or a malformed file.
+        ConfigError: a missing folder, no complete set of files, or a file that fails
+            :func:`read_set`'s checks.
     """
+    root = folder if root is None else root
     if not folder.is_dir():
         raise ConfigError("data.root", str(folder), "an existing folder with MNIST IDX files (data.source=idx)")
     sets = {}
     for prefix in ("train", "t10k"):
         files = find_idx(folder, prefix)
         if files is not None:
-            images, labels = read_idx(files[0]), read_idx(files[1])
-            if images.dim() != 3 or labels.dim() != 1 or len(images) != len(labels):
-                raise ConfigError("data.root", str(folder), f"MNIST IDX files; the {prefix} images and labels do not match")
-            sets[prefix] = (downsample(images), labels.long())
+            sets[prefix] = (*read_set(files, root), str(files[1]))
     if not sets:
         raise ConfigError(
-            "data.root", str(folder),
+            "data.root",
+            str(folder),
             "a folder holding train-images-idx3-ubyte[.gz] + train-labels-idx1-ubyte[.gz] "
             "and/or t10k-images-idx3-ubyte[.gz] + t10k-labels-idx1-ubyte[.gz] (data.source=idx)",
         )
     if len(sets) == 2:
-        return Pool(*sets["train"], "idx:train"), Pool(*sets["t10k"], "idx:t10k")
-    ((prefix, (images, labels)),) = sets.items()
-    return split_stratified(images, labels, f"idx:{prefix}")
+        test_name = "t10k" if source == "idx" else "test"
+        return Pool(*sets["train"][:2], f"{source}:train", sets["train"][2]), Pool(
+            *sets["t10k"][:2], f"{source}:{test_name}", sets["t10k"][2]
+        )
+    ((prefix, (images, labels, origin)),) = sets.items()
+    return split_stratified(images, labels, f"{source}:{prefix}", origin)
 
 
 def torchvision_pools(root: Path, download: bool) -> tuple[Pool, Pool]:
-    """MNIST train and test through ``torchvision.datasets.MNIST`` under ``root``.
+    """MNIST train and test as ``torchvision.datasets.MNIST`` keeps them under
+    ``root/MNIST/raw`` (downloaded first if missing and ``download``), read and checked as
+    IDX files (:func:`read_set`).
 
     Raises:
-        ConfigError: the files are missing and cannot be downloaded.
+        ConfigError: the files are missing and cannot be downloaded, or a file fails the checks.
     """
     from torchvision.datasets import MNIST
 
-    pools = []
-    for train in (True, False):
+    if not torchvision_present(root):
         try:
-            ds = MNIST(str(root), train=train, download=download)
+            MNIST(str(root), train=True, download=download)
         except (RuntimeError, OSError) as err:  # offline: torchvision tries every mirror, then gives up
             raise ConfigError(
-                "data.source", "torchvision",
+                "data.source",
+                "torchvision",
                 f"MNIST under {root}/MNIST/raw, or a network to download it (11 MB) ({type(err).__name__}); "
                 "offline, use data.source=auto (the repository's data/mnist)",
             ) from None
-        pools.append(Pool(downsample(ds.data), ds.targets.long(), f"torchvision:{'train' if train else 'test'}"))
-    return pools[0], pools[1]
+    return idx_pools(root / "MNIST" / "raw", "torchvision", root)
 
 
 def torchvision_present(root: Path) -> bool:
@@ -187,7 +297,8 @@ def resolve_source(source: str, root: Path) -> str:
     if torchvision_present(root):
         return "torchvision"
     raise ConfigError(
-        "data.root", str(root),
+        "data.root",
+        str(root),
         "a folder holding the four MNIST IDX files (the repository's data/mnist, the default), "
         "or data.source=torchvision to download MNIST into data.root",
     )

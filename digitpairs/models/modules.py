@@ -23,11 +23,39 @@ from torch import nn
 from digitpairs.models.base import PairModule
 from digitpairs.models.nets import TRUNKS, ConvNet, TwoBranchNet, make_trunk
 from digitpairs.models.rules import RULES, rule_logits
-from digitpairs.models.scatter import ScatterPCA, ScatterSVM
-from digitpairs.utils.errors import require_choice, require_number
+from digitpairs.models.scatter import N_CLASSES, ScatterPCA, ScatterSVM
+from digitpairs.utils.errors import ConfigError, require_choice, require_number
 
 SECONDS = ("none", "scatter_pca", "scatter_svm")  # model.second: the kinds of second member
 SECOND_SEED = 0  # the second member's affine copies (and the SVM's Platt cross-validation) are drawn from this seed
+
+
+def check_training_data(model: nn.Module, datamodule) -> None:
+    """Refuse, before any training, training digits that ``model`` cannot be fitted on.
+
+    A second member (``model.second``, fitted when training ends) needs every digit 0-9
+    among the training pairs' digits (``datamodule.fit_digits()``); other models need
+    nothing beyond labels 0-9, which the data sources check.
+
+    Args:
+        model: a pair model; datamodule: a set-up :class:`~digitpairs.data.PairDataModule`.
+
+    Raises:
+        ConfigError: naming ``model.second``, the labels file and the missing digits.
+    """
+    if getattr(model, "second", None) is None:
+        return
+    _, classes = datamodule.fit_digits()
+    missing = sorted(set(range(N_CLASSES)) - set(classes.unique().tolist()))
+    if missing:
+        raise ConfigError(
+            "model.second",
+            model.hparams.second,
+            f"training digits of every class 0-{N_CLASSES - 1} to fit it on (or model.second=none); "
+            f"the {len(classes):,} digits of the {len(classes) // 2:,} training pairs drawn from "
+            f"{datamodule.train_origin or datamodule.root} (data.n_pairs={datamodule.n_pairs}) "
+            f"have no {', '.join(map(str, missing))}",
+        )
 
 
 def mixture(p_cnn: torch.Tensor, p_second: torch.Tensor, w: float) -> torch.Tensor:

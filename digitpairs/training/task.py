@@ -194,6 +194,7 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     """
     import lightning as L
 
+    from digitpairs.models.modules import check_training_data
     from digitpairs.training.callbacks import EpochHistory, EpochLog
     from digitpairs.training.resume import LastCheckpoint
     from digitpairs.training.runtime import configure_cpu, quiet_lightning_console
@@ -205,6 +206,7 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     datamodule = instantiate_checked(cfg.data, "data")  # a relative data.root is relative to the project
     model = instantiate_checked(cfg.model, "model")
     datamodule.setup()
+    check_training_data(model, datamodule)  # the classes a model needs, before any training
     history = EpochHistory(TRAIN_HISTORY, EVAL_HISTORY)
     from digitpairs.training.checkpoint import override_problem
 
