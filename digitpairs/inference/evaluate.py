@@ -16,7 +16,6 @@ of the sweep's own test accuracy and of this evaluation's).
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -123,15 +122,25 @@ def decision_rules(model, logits: torch.Tensor, digit_logits: torch.Tensor | Non
     return {rule: decide(rule, logits, digit_logits) for rule in RULES}
 
 
-def own_metrics(ckpt_file: Path) -> dict[str, Any]:
-    """The ``metrics.json`` of the run that wrote the checkpoint: ``<run>/metrics.json`` for
-    ``<run>/checkpoints/last.ckpt``, or the one beside a shipped ``model.ckpt`` ({} if none)."""
+def own_metrics(ckpt_file: Path) -> tuple[dict[str, Any], str | None]:
+    """The ``metrics.json`` of the run that wrote the checkpoint (``<run>/metrics.json`` for
+    ``<run>/checkpoints/last.ckpt``, or the one beside a shipped ``model.ckpt``), read
+    defensively (:func:`digitpairs.sweeps.records.read_metrics`), and why its test accuracy
+    is unknown: ``({}, None)`` without a record, ``({}, reason)`` for a record that cannot
+    be used (not JSON, a value out of its range) or holds no result (not ``ok``)."""
+    from digitpairs.sweeps.records import BadRecord, read_metrics
+
     for f in (ckpt_file.parent.parent / "metrics.json", ckpt_file.parent / "metrics.json"):
-        try:
-            return json.loads(f.read_text())
-        except (OSError, ValueError):
+        if not f.is_file():
             continue
-    return {}
+        try:
+            record = read_metrics(f)
+        except BadRecord as err:
+            return {}, str(err)
+        if record["status"] != "ok":
+            return {}, f"{f.name}: status {record['status']!r}, no test accuracy"
+        return record, None
+    return {}, None
 
 
 def evaluate_one(ckpt_file: Path, data: DictConfig, root: str, seed: int | None) -> dict[str, Any]:
@@ -147,7 +156,7 @@ def evaluate_one(ckpt_file: Path, data: DictConfig, root: str, seed: int | None)
         name: (p == target).float().mean().item() for name, p in decision_rules(model, logits, digit_logits).items()
     }
     pred = model.predict_target(logits, digit_logits)  # the model's own decision rule (model.decision)
-    own = own_metrics(ckpt_file)
+    own, own_problem = own_metrics(ckpt_file)
     return {
         "checkpoint": str(ckpt_file),
         "model": about["model"],
@@ -155,6 +164,7 @@ def evaluate_one(ckpt_file: Path, data: DictConfig, root: str, seed: int | None)
         "trained_source": about["source"],
         "epochs": about["epochs"],
         "own_test_acc": own.get("test_acc"),
+        "own_record": own_problem,  # why the run's own test accuracy is unknown (None: known, or no record)
         "source": resolved,
         "seed": use_seed,
         "n_pairs": len(target),
@@ -170,6 +180,8 @@ def evaluate_one(ckpt_file: Path, data: DictConfig, root: str, seed: int | None)
 def line(r: dict[str, Any]) -> str:
     """The one printed line of a record."""
     own = "" if r["own_test_acc"] is None else f"; its own test {100 * r['own_test_acc']:.2f} %"
+    if r["own_test_acc"] is None and r.get("own_record"):
+        own = f"; its own test unknown ({r['own_record']})"
     digit = "" if r["digit_acc"] is None else f", digit accuracy {100 * r['digit_acc']:.2f} %"
     rules = "".join(f", rule {k} {100 * v:.2f} %" for k, v in r["rules"].items() if len(r["rules"]) > 1)
     return (
@@ -199,6 +211,7 @@ def summarise(records: list[dict[str, Any]], out_dir: Path, sweep: Path) -> str:
                     "trained_seed",
                     "trained_source",
                     "own_test_acc",
+                    "own_record",
                     "source",
                     "seed",
                     "n_pairs",

@@ -12,13 +12,16 @@ from typing import Any
 from hydra.experimental.callback import Callback
 
 from digitpairs.sweeps.report import build_report
-from digitpairs.sweeps.summary import write_summary
+from digitpairs.sweeps.summary import unwritable, write_summary
 from digitpairs.training.tboard import write_sweep_experiment
 from digitpairs.utils.errors import exit_with
 
 
 class SweepSummary(Callback):
     """Hydra callback: at the end of a multirun, write the summary (and the report).
+
+    A sweep folder that cannot be written then (read-only, full) ends the sweep with one
+    line naming it and the reason, exit 1.
 
     Args:
         report: also build ``report.md`` and the figures (:mod:`digitpairs.sweeps.report`).
@@ -30,10 +33,13 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        rows = write_summary(sweep_dir)
-        if self.report:
-            build_report(sweep_dir, rows)
-        write_sweep_experiment(sweep_dir)  # TensorBoard's HPARAMS columns: the keys that vary, then the metrics
+        try:
+            rows = write_summary(sweep_dir)
+            if self.report:
+                build_report(sweep_dir, rows)
+            write_sweep_experiment(sweep_dir)  # TensorBoard's HPARAMS columns: the keys that vary, then the metrics
+        except OSError as err:  # a folder gone read-only or full: the jobs' own records stay
+            exit_with(f"{unwritable(sweep_dir, err)}; the jobs' records are kept", code=1)
         failed = [r for r in rows if r["status"] != "ok"]
         if failed and self.fail_on_error:
             first = failed[0]

@@ -20,7 +20,6 @@ Writes into the sweep folder (and runs automatically at the end of ``experiment=
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import statistics
@@ -32,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from digitpairs.utils.errors import exit_with
-from digitpairs.utils.io import write_text
+from digitpairs.utils.io import atomic_write, write_text
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +108,19 @@ def _fmt(x: float, digits: int = 2) -> str:
     return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _breakdown(failed: list[dict[str, Any]]) -> str:
+    """``, 2 invalid, 1 killed``: how many jobs of each status other than ``ok``, if any."""
+    counts: dict[str, int] = defaultdict(int)
+    for r in failed:
+        counts[r["status"]] += 1
+    return "".join(f", {n} {status}" for status, n in sorted(counts.items()))
+
+
+def _cell(text: Any) -> str:
+    """``text`` as one Markdown table cell: one line, its pipes and backticks escaped."""
+    return " ".join(str(text).split()).replace("|", "\\|").replace("`", "'")
+
+
 def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, list[dict[str, Any]]]) -> str:
     def values(column: str) -> list[str]:
         return sorted({str(r.get(column) or "?") for r in rows if r["status"] == "ok"})
@@ -118,7 +130,7 @@ def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, lis
     lines = [
         f"# Report: {sweep_dir.name}",
         "",
-        f"{len(rows)} jobs: {len(rows) - len(failed)} ok, {len(failed)} failed. "
+        f"{len(rows)} jobs: {len(rows) - len(failed)} ok{_breakdown(failed)}. "
         f"Data source: {', '.join(sources) or 'n/a'}. Epochs: {', '.join(epochs) or 'n/a'}. "
         f"Precision: {', '.join(precision) or 'n/a'}. "
         "Test accuracy in %, over runs with fresh pairs and "
@@ -134,7 +146,8 @@ def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, lis
     ]
     for label, runs in groups.items():
         d = describe([100 * r["test_acc"] for r in runs])
-        errors = statistics.fmean(float(r["test_errors"]) for r in runs)
+        counted = [float(r["test_errors"]) for r in runs if r.get("test_errors") not in (None, "")]
+        errors = statistics.fmean(counted) if counted else math.nan
         digits = [100 * r["digit_acc"] for r in runs if not math.isnan(r["digit_acc"])]
         ref = STUDY.get(label)
         rules = [[100 * r.get(f"test_acc_{rule}", math.nan) for r in runs] for rule in ("comparator", "argmax", "prob")]
@@ -160,16 +173,16 @@ def _markdown(sweep_dir: Path, rows: list[dict[str, Any]], groups: dict[str, lis
         lines.append("Only one group: nothing to compare.")
     if failed:
         lines += ["", "## Failed jobs", "", "| job | status | overrides | error |", "|---|---|---|---|"]
-        lines += [f"| {r['job']} | {r['status']} | `{r['overrides']}` | {r['error']} |" for r in failed]
+        lines += [f"| {r['job']} | {r['status']} | `{_cell(r['overrides'])}` | {_cell(r['error'])} |" for r in failed]
     lines += ["", "![test accuracy per model](boxplot.png)", "", "![training curves](curves.png)", ""]
     return "\n".join(lines)
 
 
-def _histories(sweep_dir: Path, runs: list[dict[str, Any]], key: str) -> list[list[float]]:
+def _histories(runs: list[dict[str, Any]], key: str) -> list[list[float]]:
+    """The ``key`` series of each run that has one (its row's checked ``history``)."""
     out = []
     for r in runs:
-        path = sweep_dir / r["job"] / "metrics.json"
-        series = json.loads(path.read_text()).get("history", {}).get(key) if path.is_file() else None
+        series = (r.get("history") or {}).get(key)
         if series:
             out.append([math.nan if v is None else v for v in series])
     return out
@@ -236,7 +249,7 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
     ax.set_title(f"Test accuracy per model ({sum(map(len, data))} runs)")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(sweep_dir / "boxplot.png", dpi=120)
+    atomic_write(sweep_dir / "boxplot.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -246,9 +259,9 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
     ):
         drawn = False
         for label in labels:
-            series = _histories(sweep_dir, groups[label], key)
+            series = _histories(groups[label], key)
             if not series and key == "train/loss_main":  # no comparison loss (digit_classifier): its whole loss
-                series = _histories(sweep_dir, groups[label], "train/loss")
+                series = _histories(groups[label], "train/loss")
                 label_shown = f"{label}, digit losses"
             else:
                 label_shown = label
@@ -286,12 +299,17 @@ def _plot(sweep_dir: Path, groups: dict[str, list[dict[str, Any]]]) -> None:
     axes[0].set_title("Training loss: the comparison's CE, else the digit losses (geometric mean ± std)", fontsize=9)
     axes[1].set_title("Test accuracy per epoch (for the figure only)")
     fig.tight_layout()
-    fig.savefig(sweep_dir / "curves.png", dpi=120)
+    atomic_write(sweep_dir / "curves.png", lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
 def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> Path:
     """Write ``report.md``, ``boxplot.png`` and ``curves.png`` into ``sweep_dir``.
+
+    Nothing is written before every job has been read: the rows (with their checked
+    per-epoch ``history``) first, then the report's text, then the files, each written whole.
+    Only ``ok`` rows, whose every value passed :mod:`~digitpairs.sweeps.records`, are averaged;
+    the others are listed with their reasons.
 
     Args:
         sweep_dir: a multirun folder (job sub-folders with ``metrics.json``).
@@ -303,19 +321,23 @@ def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> P
 
     Raises:
         FileNotFoundError: if ``sweep_dir`` holds no job folders.
+        OSError: the folder cannot be written (:func:`~digitpairs.sweeps.summary.unwritable`
+            words it).
     """
-    from digitpairs.sweeps.summary import write_summary
+    from digitpairs.sweeps.summary import check_writable, write_summary
 
     sweep_dir = Path(sweep_dir)
     if rows is None:
         if not sweep_dir.is_dir():
             raise FileNotFoundError(f"sweep folder {sweep_dir} does not exist")
+        check_writable(sweep_dir)
         rows = write_summary(sweep_dir)
     if not rows:
         raise FileNotFoundError(f"no job folders (*/.hydra/overrides.yaml) in {sweep_dir}")
     groups = group_runs(rows)
+    text = _markdown(sweep_dir, rows, groups)
     path = sweep_dir / "report.md"
-    write_text(path, _markdown(sweep_dir, rows, groups))
+    write_text(path, text)
     _plot(sweep_dir, groups)
     log.info("report: %s (+ boxplot.png, curves.png)", path)
     width = max(map(len, groups), default=0)
@@ -326,6 +348,8 @@ def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> P
 
 
 if __name__ == "__main__":
+    from digitpairs.sweeps.summary import unwritable
+
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     if len(sys.argv) != 2 or sys.argv[1] in ("-h", "--help"):
         sys.exit(
@@ -335,3 +359,5 @@ if __name__ == "__main__":
         build_report(Path(sys.argv[1]))
     except FileNotFoundError as err:
         exit_with(str(err), code=1)
+    except OSError as err:
+        exit_with(unwritable(Path(sys.argv[1]), err), code=2)

@@ -192,14 +192,22 @@ def write_sweep_experiment(sweep_dir: Path) -> Path | None:
 
     Args:
         sweep_dir: the multirun folder; the ``*/metrics.json`` of its jobs that hold
-            ``hparams`` count.
+            ``hparams`` count, read defensively (:func:`digitpairs.sweeps.records.read_metrics`:
+            a record that cannot be used is left out, as the summary marks it invalid).
 
     Columns: the hyperparameters that differ between the jobs (all keys when none
     differ), then the metrics of ``FINAL_METRICS`` that at least one job has (no
     ``final/val_acc`` in a study without a validation split). Returns the folder, or
     None when no job recorded hyperparameters.
     """
-    job_metrics = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("*/metrics.json"))]
+    from digitpairs.sweeps.records import BadRecord, read_metrics
+
+    job_metrics = []
+    for path in sorted(Path(sweep_dir).glob("*/metrics.json")):
+        try:
+            job_metrics.append(read_metrics(path))
+        except BadRecord:
+            continue
     runs = [m["hparams"] for m in job_metrics if isinstance(m.get("hparams"), dict)]
     if not runs:
         return None
