@@ -164,6 +164,36 @@ def test_the_unaltered_copy_still_loads(t10k, tmp_path):
         assert sorted(set(train.labels.tolist())) == list(range(10))
 
 
+def test_torchvision_files_get_the_same_checks(t10k, tmp_path):
+    """data.source=torchvision (files already under data.root/MNIST/raw, so no download)
+    reads its files with the same checks: a label byte out of range names that file."""
+    from digitpairs.utils.errors import ConfigError
+
+    images, labels = t10k
+    raw = tmp_path / "tv" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    bad = labels.copy()
+    bad[0] = 42
+    for prefix, lab in (("train", labels), ("t10k", bad)):  # the test set stands in for both
+        (raw / f"{prefix}-images-idx3-ubyte").write_bytes(idx_bytes(images))
+        (raw / f"{prefix}-labels-idx1-ubyte").write_bytes(idx_bytes(lab))
+    with pytest.raises(ConfigError) as err:
+        load_pools("torchvision", str(tmp_path / "tv"))
+    assert str(err.value) == (
+        f"data.root='{tmp_path / 'tv'}' is not allowed: expected MNIST IDX files; "
+        "MNIST/raw/t10k-labels-idx1-ubyte holds label 42 at item 0 (1 of 10,000 labels outside 0-9)"
+    )
+    (raw / "t10k-labels-idx1-ubyte").write_bytes(idx_bytes(labels))
+    train, test, source = load_pools("auto", str(tmp_path / "tv"))  # auto finds them: torchvision
+    assert (len(train), len(test), source, train.name, test.name) == (
+        10000,
+        10000,
+        "torchvision",
+        "torchvision:train",
+        "torchvision:test",
+    )
+
+
 def test_label_out_of_range_through_train_py(tmp_path):
     """The whole repository set, one training label byte set to 12: refused at once, exit 2."""
     root = tmp_path / "mnist"

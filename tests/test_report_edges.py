@@ -262,7 +262,8 @@ def test_sound_records_of_every_status_still_read(tmp_path):
     records = {
         "000": ok,
         "001": {"status": "failed", "error": "run failed: diverged", "model": "ws", "seed": 1, "overrides": []},
-        "002": {"status": "invalid", "error": "optim.lr1=-1 is not allowed: expected a number > 0", "seed": 2},
+        # a refused run records the value it was refused for, whatever its type
+        "002": {"status": "invalid", "error": "seed='abc' is not allowed: expected an integer", "seed": "abc"},
         "003": {"status": "killed", "error": "SLURM job 3_0 TIMEOUT", "model": None, "seed": None, "overrides": []},
         "004": None,
     }
@@ -371,6 +372,23 @@ def test_read_only_sweep_folder_is_one_line(module, small_tmpfs):
     assert out.returncode == 2
     assert out.stderr.strip() == f"error: cannot write into the sweep folder {sweep}: Read-only file system"
     assert sorted(p.relative_to(sweep) for p in sweep.rglob("*")) == before
+
+
+def test_sweep_end_on_a_read_only_folder_is_one_line(small_tmpfs, capsys):
+    """The callback that ends every multirun, on a folder gone read-only: exit 1, one line."""
+    from omegaconf import OmegaConf
+
+    from digitpairs.sweeps.callback import SweepSummary
+
+    mnt, remount = small_tmpfs
+    sweep = fake_sweep(mnt / "sweep", {"ws_aux": [0.97, 0.98]})
+    remount("ro")
+    with pytest.raises(SystemExit) as exit_info:
+        SweepSummary(report=True).on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+    assert exit_info.value.code == 1
+    assert capsys.readouterr().err.strip() == (
+        f"error: cannot write into the sweep folder {sweep}: Read-only file system; the jobs' records are kept"
+    )
 
 
 def test_full_disk_keeps_the_old_summary_whole(small_tmpfs):

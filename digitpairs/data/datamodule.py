@@ -62,6 +62,8 @@ class PairDataModule(L.LightningDataModule):
             ``eval_batch_size``, ``augment`` or strength (affine or elastic), or ``n_pairs`` (the last when
             :meth:`setup` sees the pool). BatchNorm1d cannot train on a batch of one pair,
             so ``batch_size`` must be >= 2 and at least 2 pairs must be left for training.
+            :meth:`setup` also refuses data files that fail the checks of
+            :mod:`digitpairs.data.sources` (magic number, length, 28x28 images, labels 0-9).
     """
 
     def __init__(

@@ -15,9 +15,10 @@ value and why. A value that passes is safe to average:
   the other ``history`` series finite numbers >= 0; ``null`` stands for "none" where a run
   may have no value (``val_acc`` without a validation split).
 
-Only ``ok`` records carry results; the others (``failed``, ``invalid``, ``killed``) need a
-``status`` and, if present, a one-line ``error``. This module imports neither torch nor
-Lightning.
+Only ``ok`` records carry results and are checked value by value; the others (``failed``,
+``invalid``, ``killed``) need only a ``status`` (their ``error`` is shown as text, and a
+refused run records the bad value it was given, e.g. ``seed: "abc"``). This module imports
+neither torch nor Lightning.
 """
 
 from __future__ import annotations
@@ -41,6 +42,12 @@ def _name(value: Any) -> str:
     return {str: "a string", list: "a list", dict: "an object", bool: "true or false"}.get(type(value), "")
 
 
+def _show(value: Any, limit: int = 40) -> str:
+    """``value`` as JSON, cut to ``limit`` characters (a message stays one short line)."""
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _number(where: str, value: Any, low: float, high: float | None = None, integer: bool = False) -> float | int:
     kind = "an integer" if integer else "a number"
     allowed = f"{kind} in [{low}, {high}]" if high is not None else f"{kind} >= {low}"
@@ -49,7 +56,7 @@ def _number(where: str, value: Any, low: float, high: float | None = None, integ
     ok_type = isinstance(value, int) if integer else isinstance(value, (int, float))
     if not ok_type or isinstance(value, bool):
         of = _name(value)
-        raise BadRecord(f"{where}={json.dumps(value)} is not {allowed}{f' ({of})' if of else ''}")
+        raise BadRecord(f"{where}={_show(value)} is not {allowed}{f' ({of})' if of else ''}")
     if (
         not math.isfinite(float(value) if abs(value) < 1e300 else math.inf)
         or value < low
@@ -60,9 +67,10 @@ def _number(where: str, value: Any, low: float, high: float | None = None, integ
     return value
 
 
-def _optional(record: dict, key: str, check, where: str | None = None) -> Any:
+def _optional(record: dict, key: str, check) -> Any:
+    """``check(key, value)`` of ``record[key]``, or None where the key is missing or null."""
     value = record.get(key)
-    return None if value is None else check(where or key, value)
+    return None if value is None else check(key, value)
 
 
 def _fraction(where: str, value: Any) -> float:
@@ -71,25 +79,25 @@ def _fraction(where: str, value: Any) -> float:
 
 def _text(where: str, value: Any) -> str:
     if not isinstance(value, str):
-        raise BadRecord(f"{where}={json.dumps(value)} is not a string")
+        raise BadRecord(f"{where}={_show(value)} is not a string")
     return value
 
 
 def _table(where: str, value: Any, keys: tuple[str, ...], check) -> dict[str, Any]:
     """An object whose ``keys`` (each optional) pass ``check``; other keys are left out."""
     if not isinstance(value, dict):
-        raise BadRecord(f"{where} is {_name(value) or json.dumps(value)}, not an object")
+        raise BadRecord(f"{where} is {_name(value) or _show(value)}, not an object")
     return {k: (None if value.get(k) is None else check(f"{where}.{k}", value[k])) for k in keys if k in value}
 
 
 def _history(where: str, value: Any) -> dict[str, list[float | None]]:
     """Per-epoch series: lists of numbers or nulls; accuracies in [0, 1], the rest >= 0."""
     if not isinstance(value, dict):
-        raise BadRecord(f"{where} is {_name(value) or json.dumps(value)}, not an object")
+        raise BadRecord(f"{where} is {_name(value) or _show(value)}, not an object")
     out = {}
     for key, series in value.items():
         if not isinstance(series, list):
-            raise BadRecord(f"{where}.{key} is {_name(series) or json.dumps(series)}, not a list")
+            raise BadRecord(f"{where}.{key} is {_name(series) or _show(series)}, not a list")
         high = 1 if key.endswith("acc") else None
         out[key] = [None if v is None else _number(f"{where}.{key}[{i}]", v, 0, high) for i, v in enumerate(series)]
     return out
@@ -97,38 +105,31 @@ def _history(where: str, value: Any) -> dict[str, list[float | None]]:
 
 def _hparams(where: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise BadRecord(f"{where} is {_name(value) or json.dumps(value)}, not an object")
+        raise BadRecord(f"{where} is {_name(value) or _show(value)}, not an object")
     for key, v in value.items():
         if v is not None and not isinstance(v, (bool, int, float, str)):
-            raise BadRecord(f"{where}.{key}={json.dumps(v)} is not a number, a string or true/false")
+            raise BadRecord(f"{where}.{key}={_show(v)} is not a number, a string or true/false")
     return value
 
 
 def check_metrics(record: Any) -> dict[str, Any]:
-    """Check a job's ``metrics.json`` record (parsed JSON); return it, its checked values
-    as they are.
+    """Check a job's ``metrics.json`` record (parsed JSON); return it unchanged.
 
     Raises:
         BadRecord: the first key whose value is missing, of another type or out of range
             (see the module doc), e.g. ``test_acc=97.5 is not a fraction in [0, 1] (a percentage?)``.
     """
     if not isinstance(record, dict):
-        raise BadRecord(f"holds {_name(record) or json.dumps(record)}, not a JSON object")
+        raise BadRecord(f"holds {_name(record) or _show(record)}, not a JSON object")
     status = record.get("status")
     if status not in STATUSES:
         raise BadRecord(
-            f"status={json.dumps(status)} is not one of {', '.join(STATUSES)}"
-            if "status" in record
-            else "has no status"
+            f"status={_show(status)} is not one of {', '.join(STATUSES)}" if "status" in record else "has no status"
         )
+    if status != "ok":  # no result to use: its error is shown as text, whatever it holds
+        return record
     _optional(record, "model", _text)
     _optional(record, "seed", lambda w, v: _number(w, v, 0, MAX_SEED, integer=True))
-    _optional(record, "error", _text)
-    overrides = record.get("overrides")
-    if overrides is not None and not (isinstance(overrides, list) and all(isinstance(o, str) for o in overrides)):
-        raise BadRecord(f"overrides={json.dumps(overrides)} is not a list of strings")
-    if status != "ok":
-        return record
     for key in ("model", "test_acc"):
         if record.get(key) is None:
             raise BadRecord(f"has no {key}" if key not in record else f"{key}=null in a record of status ok")
@@ -204,8 +205,8 @@ def read_overrides(job_dir: str | Path) -> list[str]:
     if data is None:
         return []
     if not isinstance(data, list):
-        raise BadRecord(f"{shown} holds {_name(data) or json.dumps(data)}, not a list of overrides")
+        raise BadRecord(f"{shown} holds {_name(data) or _show(data)}, not a list of overrides")
     for i, item in enumerate(data):
         if not isinstance(item, str):
-            raise BadRecord(f"{shown}: item {i} is {_name(item) or json.dumps(item)}, not an override (key=value)")
+            raise BadRecord(f"{shown}: item {i} is {_name(item) or _show(item)}, not an override (key=value)")
     return data

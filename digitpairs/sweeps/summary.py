@@ -110,7 +110,7 @@ def _row(job_dir: Path, overrides: list[str], m: dict[str, Any]) -> dict[str, An
         **{f"test_acc_{rule}": _float((rule_acc.get(rule) or {}).get("test")) for rule in RULES},
         "wall_time_s": _float(m.get("wall_time_s")),
         "overrides": " ".join(overrides),
-        "error": " ".join((m.get("error") or "").split()),  # one line in the table
+        "error": " ".join(str(m.get("error") or "").split()),  # one line in the table
         "history": m.get("history") or {},  # per-epoch series for the report's curves (not a column)
     }
 
