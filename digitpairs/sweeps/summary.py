@@ -247,8 +247,9 @@ def write_summary(sweep_dir: Path) -> list[dict[str, Any]]:
         + "\n".join(lines)
         + "\n",
     )
-    failed = [r for r in rows if r["status"] != "ok"]
-    log.info("sweep summary: %d jobs, %d failed -> %s", len(rows), len(failed), sweep_dir / "summary.csv")
+    counts = {status: sum(r["status"] == status for r in rows) for status in dict.fromkeys(r["status"] for r in rows)}
+    told = ", ".join(f"{n} {status}" for status, n in sorted(counts.items(), key=lambda kv: kv[0] != "ok"))
+    log.info("sweep summary: %d jobs (%s) -> %s", len(rows), told or "none", sweep_dir / "summary.csv")
     for line in lines:
         log.info("best: %s", line)
     return rows
