@@ -169,6 +169,14 @@ def _quoted_key(message: str, default: str) -> str:
     return found.group(1).lstrip("+~") if found else default
 
 
+def _first_value(override) -> str:
+    """The first value of a sweep override; an ``interval(low, high)`` (a search's space) gives ``low``."""
+    from hydra.core.override_parser.types import IntervalSweep
+
+    value = override.value()
+    return str(value.start) if isinstance(value, IntervalSweep) else next(override.sweep_string_iterator())
+
+
 def check_command_line(argv: list[str], config_name: str = "train", conf_dir: Path = CONF_DIR) -> None:
     """Check a ``train.py`` or ``evaluate.py`` command line as Hydra will read it, before
     Hydra runs, so that its refusals are one line (Hydra prints several, or a traceback):
@@ -209,10 +217,7 @@ def check_command_line(argv: list[str], config_name: str = "train", conf_dir: Pa
             raise ConfigError(
                 key, arg.split("=", 1)[1] if "=" in arg else "", f"Hydra's override grammar ({first})"
             ) from None
-    single = [
-        o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
-        for o in parsed
-    ]
+    single = [o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={_first_value(o)}" for o in parsed]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
