@@ -57,7 +57,7 @@ NOT_RUN = {  # command start -> why it is not run here
     "make test-browser": "headless Chromium: its own CI step (tests/test_browser.py)",
     "tensorboard ": "a server: tests/test_tensorboard.py serves one",
 }
-MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "study", "beyond", "report", "pretrained"}
+MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "search", "study", "beyond", "report", "pretrained"}
 DOCS = [
     PROJECT_ROOT / "README.md",
     *sorted((PROJECT_ROOT / "docs").glob("*.md")),
