@@ -48,6 +48,7 @@ NOT_RUN = {  # command start -> why it is not run here
     "python benchmarks/augment_cost.py": "a benchmark of a minute (tests/test_beyond.py runs it in a short form)",
     "python benchmarks/ablation.py --run": "trains a 15-seed sweep",
     "python benchmarks/second_member.py": "reads a 15-seed sweep (tests/test_second_member.py runs it on a short run)",
+    "python benchmarks/search_vs_grid.py": "a grid, a search and 15-seed tests (tests/test_search.py runs it tiny)",
     "make lint": "ruff, run by .ci/run before the tests",
     "make test": "the test suite itself",
     "make bench": "a benchmark of minutes (benchmarks/speed.py)",

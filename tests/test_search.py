@@ -333,3 +333,29 @@ def test_the_comparison_benchmark_on_a_tiny_setting(tmp_path):
     assert rows[2][2] == f"{100 * record['trials'][0]['value']:.2f}"
     tests = [100 * float(r["test_acc"]) for r in csv_rows(tmp_path / "test-grid" / "summary.csv")]
     assert len(tests) == 2 and rows[0][4] == f"{sum(tests) / 2:.2f} ± {abs(tests[0] - tests[1]) / 2**0.5:.2f}"
+
+
+@pytest.mark.slurm
+def test_a_search_through_slurm(tmp_path):
+    """Each batch of trials is one SLURM array job (``make test-slurm`` starts a cluster)."""
+    import shutil
+
+    answers = shutil.which("sinfo") is not None and (
+        subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10).returncode == 0
+    )
+    if not answers:
+        if os.environ.get("DIGITPAIRS_REQUIRE_SLURM") == "1":
+            raise RuntimeError("no SLURM cluster answers sinfo")
+        pytest.skip("no SLURM cluster answers sinfo: `make test-slurm` starts one and runs this test")
+    partition = os.environ.get("DIGITPAIRS_SLURM_PARTITION", "debug")
+    db, sweep_dir = tmp_path / "studies.db", tmp_path / "sweep"
+    slurm = ["hydra/launcher=digitpairs_slurm", f"hydra.launcher.partition={partition}"]
+    slurm += ["hydra.launcher.cpus_per_task=1", "hydra.launcher.timeout_min=5"]
+    out = search(
+        [*TINY, *slurm, "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "hydra.sweeper.seeds=[0]"], sweep_dir, db
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert [t.state.name for t in trials(db)] == ["COMPLETE", "COMPLETE"]
+    assert len(list((sweep_dir / ".submitit").glob("*_*"))) == 2  # one array job of 2 tasks
+    record = json.loads((sweep_dir / "search.json").read_text())
+    assert [t["jobs"] for t in record["trials"]] == [["000"], ["001"]]
