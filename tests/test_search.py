@@ -141,6 +141,16 @@ def test_bad_settings_stop_with_one_line_before_any_run(tmp_path, args, line):
     assert not (tmp_path / "sweep").exists() or job_folders(tmp_path / "sweep") == []
 
 
+def test_an_interval_outside_a_search_is_refused_in_one_line(tmp_path):
+    cmd = [sys.executable, "train.py", "-m", "optim.lr1=interval(0.1,0.2)", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    out = subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: optim.lr1='interval(0.1,0.2)' is not allowed: expected a list (a,b,c) or range(start,stop,step): "
+        "interval(...) is a search's space (hparams_search=optuna)"
+    ]
+
+
 # ---- searches that train (1 epoch, 300 pairs) ----------------------------------------------------
 @pytest.mark.slow
 def test_a_search_then_its_continuation_on_the_fleet(tmp_path):
