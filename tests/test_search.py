@@ -366,6 +366,7 @@ def test_a_search_through_slurm(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert [t.state.name for t in trials(db)] == ["COMPLETE", "COMPLETE"]
-    assert len(list((sweep_dir / ".submitit").glob("*_*"))) == 2  # one array job of 2 tasks
+    tasks = sorted(p.name for p in (sweep_dir / ".submitit").glob("*_*") if p.is_dir())
+    assert len(tasks) == 2 and len({t.split("_")[0] for t in tasks}) == 1  # one array job of 2 tasks
     record = json.loads((sweep_dir / "search.json").read_text())
     assert [t["jobs"] for t in record["trials"]] == [["000"], ["001"]]
