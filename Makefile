@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.install-stamp
 ARGS    ?=
 SWEEP   ?=
 
-.PHONY: help install train test lint format test-slurm sweep grid study beyond pretrained report tensorboard bench clean demo test-demo test-browser
+.PHONY: help install train test lint format test-slurm sweep grid search study beyond pretrained report tensorboard bench clean demo test-demo test-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -50,6 +50,9 @@ PLAN ?= $(shell $(PY) -m digitpairs.sweeps.plan $(ARGS) 2>/dev/null)
 
 grid: install  ## the study's grid search for one model on the validation split (MODEL=ws_aux)
 	$(PY) train.py -m experiment=grid model=$(or $(MODEL),ws_aux) $(PLAN) $(ARGS)
+
+search: install  ## an Optuna search of lr1, lr2, alpha, gamma on the validation split (MODEL=ws_aux); again: it continues
+	$(PY) train.py -m hparams_search=optuna model=$(or $(MODEL),ws_aux) $(PLAN) $(ARGS)
 
 study: install  ## 3 models x 15 seeds x 50 epochs, then the report (ARGS="model=convnet,ws,ws_aux,aux")
 	$(PY) train.py -m experiment=study $(PLAN) $(ARGS)

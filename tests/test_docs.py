@@ -50,6 +50,7 @@ NOT_RUN = {  # command start -> why it is not run here
     "python benchmarks/augment_cost.py": "a benchmark of a minute (tests/test_beyond.py runs it in a short form)",
     "python benchmarks/ablation.py --run": "trains a 15-seed sweep",
     "python benchmarks/second_member.py": "reads a 15-seed sweep (tests/test_second_member.py runs it on a short run)",
+    "python benchmarks/search_vs_grid.py": "a grid, a search and 15-seed tests (tests/test_search.py runs it tiny)",
     "make lint": "ruff, run by .ci/run before the tests",
     "make test": "the test suite itself",
     "make bench": "a benchmark of minutes (benchmarks/speed.py)",
@@ -59,7 +60,7 @@ NOT_RUN = {  # command start -> why it is not run here
     "make test-browser": "headless Chromium: its own CI step (tests/test_browser.py)",
     "tensorboard ": "a server: tests/test_tensorboard.py serves one",
 }
-MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "study", "beyond", "report", "pretrained"}
+MAKE_TARGETS = {"help", "install", "train", "sweep", "grid", "search", "study", "beyond", "report", "pretrained"}
 DOCS = [
     PROJECT_ROOT / "README.md",
     *sorted((PROJECT_ROOT / "docs").glob("*.md")),

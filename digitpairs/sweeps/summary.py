@@ -74,6 +74,7 @@ def _float(value: Any) -> float:
 NOT_CONFIG = (
     "seed=",
     "experiment=",
+    "hparams_search=",
     "hydra",
     "threads=",
     "cpu.",

@@ -169,6 +169,14 @@ def _quoted_key(message: str, default: str) -> str:
     return found.group(1).lstrip("+~") if found else default
 
 
+def _first_value(override) -> str:
+    """The first value of a sweep override; an ``interval(low, high)`` (a search's space) gives ``low``."""
+    from hydra.core.override_parser.types import IntervalSweep
+
+    value = override.value()
+    return str(value.start) if isinstance(value, IntervalSweep) else next(override.sweep_string_iterator())
+
+
 def check_command_line(argv: list[str], config_name: str = "train", conf_dir: Path = CONF_DIR) -> None:
     """Check a ``train.py`` or ``evaluate.py`` command line as Hydra will read it, before
     Hydra runs, so that its refusals are one line (Hydra prints several, or a traceback):
@@ -209,14 +217,11 @@ def check_command_line(argv: list[str], config_name: str = "train", conf_dir: Pa
             raise ConfigError(
                 key, arg.split("=", 1)[1] if "=" in arg else "", f"Hydra's override grammar ({first})"
             ) from None
-    single = [
-        o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={next(o.sweep_string_iterator())}"
-        for o in parsed
-    ]
+    single = [o.input_line if not o.is_sweep_override() else f"{o.get_key_element()}={_first_value(o)}" for o in parsed]
     GlobalHydra.instance().clear()
     try:
         with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-            compose(config_name, overrides=single, return_hydra_config=True)
+            cfg = compose(config_name, overrides=single, return_hydra_config=True)
     except Exception as err:  # noqa: BLE001 - Hydra's composition errors: one line, with the key it names
         text = str(err).strip()
         first = " ".join(text.splitlines()[:2]) if text else type(err).__name__
@@ -225,3 +230,27 @@ def check_command_line(argv: list[str], config_name: str = "train", conf_dir: Pa
         raise ConfigError(key, value, f"a key and value the config takes ({first})") from None
     finally:
         GlobalHydra.instance().clear()
+    _check_intervals(parsed, str(cfg.hydra.sweeper.get("_target_", "")))
+
+
+def _check_intervals(parsed: list, sweeper: str) -> None:
+    """Refuse an ``interval(...)`` sweep for a sweeper that enumerates its values (Hydra's
+    basic sweeper and its subclasses): only a search draws values from an interval."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.types import IntervalSweep
+    from hydra.utils import get_class
+
+    intervals = [o for o in parsed if o.is_sweep_override() and isinstance(o.value(), IntervalSweep)]
+    if not intervals:
+        return
+    try:
+        enumerates = issubclass(get_class(sweeper), BasicSweeper)
+    except Exception:  # noqa: BLE001 - a sweeper that does not import: Hydra reports it itself
+        return
+    if enumerates:
+        o = intervals[0]
+        raise ConfigError(
+            o.get_key_element(),
+            o.input_line.split("=", 1)[1],
+            "a list (a,b,c) or range(start,stop,step): interval(...) is a search's space (hparams_search=optuna)",
+        )
