@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.install-stamp
 ARGS    ?=
 SWEEP   ?=
 
-.PHONY: help install train test lint format test-slurm sweep grid search study beyond pretrained report tensorboard bench clean demo test-demo test-browser
+.PHONY: help install train test test-fast lint format test-slurm sweep grid search study beyond pretrained report tensorboard bench clean demo test-demo test-browser
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -q --disable-pip-version-check -e '.[test]'
 	@touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the project (offline; quick when done already)
+install: $(STAMP)  ## create .venv and install the project and its pinned dependencies from the package index (about 3 GB the first time; quick when done already)
 
 train: install  ## train ws_aux for 50 epochs on MNIST pairs (ARGS="model=convnet ...")
 	$(PY) train.py model=ws_aux $(ARGS)
@@ -32,6 +32,9 @@ format: install  ## ruff: fix what it can and format the code
 
 test: install  ## run the test suite
 	$(PY) -m pytest -q -n 2 -m "not browser" $(ARGS)  # two workers (pytest-xdist): the tests spend half their time in one-thread subprocesses
+
+test-fast: install  ## the suite without its slow tests (those that train or run the entry points): about a minute
+	$(PY) -m pytest -q -n 2 -m "not slow and not browser" $(ARGS)
 
 test-slurm: install  ## start a one-node SLURM cluster here (root, Debian), run the SLURM tests, stop it (scripts/test-slurm.sh)
 	PY=$(PY) scripts/test-slurm.sh $(ARGS)

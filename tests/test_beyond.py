@@ -344,6 +344,7 @@ def test_bad_new_options_name_the_key(override, key, compose_cfg):
         instantiate_checked(cfg.model)
 
 
+@pytest.mark.slow
 def test_augment_cost_benchmark_prints_its_shares():
     cmd = [
         sys.executable,

@@ -52,6 +52,7 @@ NOT_RUN = {  # command start -> why it is not run here
     "python benchmarks/second_member.py": "reads a 15-seed sweep (tests/test_second_member.py runs it on a short run)",
     "python benchmarks/search_vs_grid.py": "a grid, a search and 15-seed tests (tests/test_search.py runs it tiny)",
     "make lint": "ruff, run by .ci/run before the tests",
+    "make test-fast": "the test suite itself, without its slow tests",
     "make test": "the test suite itself",
     "make bench": "a benchmark of minutes (benchmarks/speed.py)",
     "make clean": "deletes the project's outputs/",
@@ -69,7 +70,9 @@ DOCS = [
 QUICK_SCRIPTS = {"benchmarks/ablation.py"}  # run for real: they only read sweep folders
 MODULES = {"digitpairs.sweeps.report", "digitpairs.sweeps.plan", "digitpairs.sweeps.summary"}
 JOBS_PER_COMMAND = 3  # composed per sweep: the first job and the first of each model
-STAMP = PROJECT_ROOT / ".venv" / ".install-stamp"  # `make -o` it: never reinstall in a test
+# `make -o` it: never reinstall in a test. The name as the Makefile spells it (make -o matches
+# target names, and the Makefile's target is the relative .venv/.install-stamp).
+STAMP = ".venv/.install-stamp"
 
 
 def readme_commands(text: str) -> list[str]:
@@ -228,6 +231,7 @@ def test_a_broken_command_fails(tmp_path):
         check_train_command(["data.batch_size=1"], tmp_path)
 
 
+@pytest.mark.slow
 def test_every_command_of_the_readme_and_docs_works(tmp_path):
     from test_report_edges import fake_sweep
 
@@ -258,6 +262,93 @@ def test_every_command_of_the_readme_and_docs_works(tmp_path):
             failed.append(f"{command}\n  -> {type(err).__name__}: {str(err).strip().splitlines()[-1:]}")
     assert not failed, "README and docs commands that fail:\n" + "\n".join(failed)
     assert sum(r.startswith(("ran", "composed")) for r in results.values()) >= 15, results
+
+
+def test_make_is_never_asked_to_reinstall():
+    """``make -o STAMP`` keeps the install step out of every make command this file runs,
+    even when ``pyproject.toml`` is newer than the stamp (``-W``: as if it had just
+    changed). An absolute path would not name the Makefile's target, and ``make install``
+    would create a virtual environment and reinstall the project."""
+    out = run(["make", "-n", "-s", "-W", "pyproject.toml", "-o", STAMP, "install", f"PY={sys.executable}"])
+    assert "pip install" not in out.stdout and "venv" not in out.stdout, out.stdout
+    unprotected = run(["make", "-n", "-s", "-W", "pyproject.toml", "install", f"PY={sys.executable}"])
+    assert "pip install" in unprotected.stdout  # the check sees the install step when it is there
+
+
+def section(text: str, title: str) -> tuple[int, int, str]:
+    """The first and last line numbers (1-based) and the text of the README section ``## title``."""
+    lines = text.splitlines()
+    start = lines.index(f"## {title}")
+    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
+    return start + 1, end, "\n".join(lines[start:end])
+
+
+def test_the_quick_start_is_on_the_first_screen():
+    """The Quick start follows the intro and ends within the README's first 60 lines, with
+    the commands a newcomer runs first, each with what it prints."""
+    text = (PROJECT_ROOT / "README.md").read_text()
+    first, last, quick = section(text, "Quick start")
+    assert last <= 60, f"the Quick start ends at line {last}"
+    assert first < text.splitlines().index("## Results") + 1
+    commands = readme_commands(quick)
+    assert commands[:2] == ["make install", "python predict.py examples/two.png examples/seven_black_on_white.png"]
+    assert "python train.py model=ws_aux" in commands
+    assert "python train.py experiment=study model=ws_aux seed=0 threads=1" in commands
+    assert "python train.py debug=fast" in commands
+    assert "first: 2 (p=1.00)  second: 7 (p=1.00)  2 <= 7: yes (p=1.000)" in quick
+    assert "](docs/figures/study-boxplot.png)" in "\n".join(text.splitlines()[:60])  # the study's figure
+    assert "`recipe=`" in quick or "`recipe=`" in "\n".join(text.splitlines()[:15])  # what recipe= and experiment= mean
+
+
+def test_the_quick_start_prediction_prints_the_readme_line(capsys):
+    """``python predict.py examples/two.png examples/seven_black_on_white.png`` prints the
+    line the Quick start promises, character for character."""
+    from conftest import load_script
+
+    quick = section((PROJECT_ROOT / "README.md").read_text(), "Quick start")[2]
+    promised = re.search(r"`(first: [^`]+)`", quick).group(1)
+    main = load_script("predict.py", "predict_quick_start").main
+    assert main(["examples/two.png", "examples/seven_black_on_white.png"]) == 0
+    assert capsys.readouterr().out == promised + "\n"
+
+
+@pytest.mark.slow
+def test_a_training_run_ends_with_a_line_shaped_as_the_readme_says(tmp_path):
+    """The Quick start's line of ``python train.py model=ws_aux``, its figures aside, is the
+    line a run prints (one epoch here; the figures depend on the epochs, threads and CPU)."""
+    from conftest import run_train
+
+    quick = section((PROJECT_ROOT / "README.md").read_text(), "Quick start")[2]
+    promised = re.search(r"`(ws_aux seed=0 on MNIST [^`]+)`", quick).group(1)
+    shape = re.escape(promised).replace("\\ ", " ")
+    shape = re.sub(r"\d+\\\.\d\d%", lambda _: r"\d+\.\d\d%", shape)  # accuracies
+    shape = re.sub(r"\\\(\d+ errors", lambda _: r"\(\d+ errors", shape)  # the error count
+    shape = re.sub(r"\d+\\\.\d s$", lambda _: r"\d+\.\d s", shape)  # the wall time
+    assert shape.count(r"\d") == 3 * 3 + 1 + 2, shape  # test, val and train accuracy, the errors and the time vary
+    out = run_train(["model=ws_aux", "trainer.max_epochs=1", "threads=1"], tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    last = (out.stdout + out.stderr).strip().splitlines()[-1].split(" - ", 1)[-1]
+    assert re.fullmatch(shape, last), (shape, last)
+
+
+def test_setup_claims_agree_with_the_project():
+    """The README names the Python that pyproject.toml requires, says that the first install
+    downloads (not that it is offline), and has the GPU and troubleshooting sections; the
+    Makefile's help says the same of the install."""
+    import tomllib
+
+    text = (PROJECT_ROOT / "README.md").read_text()
+    floor = tomllib.loads((PROJECT_ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert floor.startswith(">=")
+    assert f"Python {floor[2:]} or newer" in text
+    for line in [*text.splitlines(), *(PROJECT_ROOT / "Makefile").read_text().splitlines()]:
+        if "make install" in line or line.startswith("install:"):
+            assert "offline" not in line, line
+    assert "downloads about 3 GB" in text
+    for title in ("Quick start", "Setup", "GPUs", "Troubleshooting"):
+        assert f"\n## {title}\n" in text
+    gpus = " ".join(section(text, "GPUs")[2].split())
+    assert "trainer.accelerator=auto" in gpus and "run on CPUs only" in gpus
 
 
 def test_help_lists_only_real_models():
@@ -385,5 +476,9 @@ def test_readme_is_a_front_door():
     assert len(text.splitlines()) <= 250
     assert "Convolutional Neural Network and improvements for MNIST comparison" in text
     assert (PROJECT_ROOT / "LICENSE").read_text().startswith("MIT License")
-    assert "cff-version" in (PROJECT_ROOT / "CITATION.cff").read_text()
+    citation = (PROJECT_ROOT / "CITATION.cff").read_text()
+    assert "cff-version" in citation
+    assert "\nreferences:\n" in citation  # the study and MNIST
+    assert 'title: "Convolutional Neural Network and improvements for MNIST comparison"' in citation
+    assert 'title: "The MNIST database of handwritten digits"' in citation
     assert text.index("| model") < text.index("## Setup")  # results first

@@ -37,6 +37,7 @@ def test_unknown_model_fails_before_hydra(args, tmp_path):
     assert not (tmp_path / "run").exists()  # nothing started
 
 
+@pytest.mark.slow
 def test_bad_number_through_train_py(tmp_path):
     result = run_train(["optim.lr1=0", "trainer.enable_progress_bar=false"], tmp_path, timeout=120)
     assert result.returncode == 2

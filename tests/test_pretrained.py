@@ -41,6 +41,7 @@ def test_a_shipped_model_loads_as_data_and_scores_its_recorded_accuracy(name, mo
     assert r["acc"] >= {"beyond": 0.985, "ws_aux": 0.965}[name]
 
 
+@pytest.mark.slow
 def test_predict_py_with_no_checkpoint_uses_the_best_model():
     result = subprocess.run(
         [sys.executable, "predict.py", str(EXAMPLES / "two.png"), str(EXAMPLES / "seven_black_on_white.png")],

@@ -181,6 +181,7 @@ def test_bad_second_member_keys_name_the_key(override, key, compose_cfg):
         instantiate_checked(cfg.model)
 
 
+@pytest.mark.slow
 def test_bad_second_member_key_is_one_line_and_exit_2(tmp_path):
     from conftest import run_train
 
@@ -190,6 +191,7 @@ def test_bad_second_member_key_is_one_line_and_exit_2(tmp_path):
     assert len(lines) == 1 and "model.second_weight" in lines[0] and "[0, 1]" in lines[0], result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "recipe, weight, key, shape",
     [("beyond", "0.4", "second.pca.basis", (10, 120, 729)), ("beyond_svm", "0.2", "second.svm.support", (None, 729))],
@@ -299,6 +301,7 @@ def test_a_checkpoint_with_a_malformed_member_is_refused_at_load(second, key, va
         ckpt_io.build_model(ckpt, value="m.ckpt")
 
 
+@pytest.mark.slow
 def test_the_member_leaves_the_networks_as_they_are(tmp_path):
     """``recipe=beyond`` with and without its second member trains the same CNN members,
     bit for bit (the member is fitted after the last epoch, its copies from a random state

@@ -90,6 +90,7 @@ def check_study_outputs(sweep_dir: Path, models: list[str], seeds: int) -> list[
     return rows
 
 
+@pytest.mark.slow
 def test_study_multirun_leaves_summary_report_and_figures(tmp_path):
     out = sweep(
         ["experiment=study", "model=convnet,ws_aux", "seed=0,1", "trainer.check_val_every_n_epoch=2", *FAST],
@@ -117,6 +118,7 @@ def test_study_multirun_leaves_summary_report_and_figures(tmp_path):
     assert len(job["history"]["train/loss_main"]) == 4
 
 
+@pytest.mark.slow
 def test_study_multirun_with_joblib_launcher(tmp_path):
     args = [
         "experiment=study",
@@ -133,6 +135,7 @@ def test_study_multirun_with_joblib_launcher(tmp_path):
     assert "Joblib.Parallel(n_jobs=2" in out.stdout + out.stderr
 
 
+@pytest.mark.slow
 def test_sweep_with_a_failed_job_still_writes_summary_and_report(tmp_path):
     # lr1=1e9 makes the loss non-finite in the first epoch: that job fails, the other runs
     args = ["experiment=study", "model=convnet", "seed=0", "optim.lr1=0.05,1e9", "optim.switch_fraction=1.0", *FAST]
@@ -241,6 +244,7 @@ def test_ranking_uses_validation_not_test():
     assert best_overrides(ranking) == {"ws_aux": "model=ws_aux optim.lr1=0.09"}
 
 
+@pytest.mark.slow
 def test_grid_ranks_on_validation_and_writes_best_line(tmp_path):
     args = [
         "model=convnet",
@@ -263,6 +267,7 @@ def test_grid_ranks_on_validation_and_writes_best_line(tmp_path):
     assert f"convnet: {ranking[0]['config']}" in best
 
 
+@pytest.mark.slow
 def test_two_sweeps_started_together_get_two_folders(tmp_path):
     args = [
         sys.executable,
@@ -286,6 +291,7 @@ def test_two_sweeps_started_together_get_two_folders(tmp_path):
     assert all((f / "summary.csv").is_file() for f in folders)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(os.environ.get("DIGITPAIRS_SKIP_SUBMITIT") == "1", reason="asked to skip")
 def test_submitit_local_launcher(tmp_path):
     args = [

@@ -59,6 +59,7 @@ def attack(marker: Path) -> list[str]:
     return ["model=ws_aux", "+callbacks.x._target_=builtins.open", f"+callbacks.x.file={marker}", "+callbacks.x.mode=w"]
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_checkpoint_that_names_a_callable(trained, tmp_path):
     marker = tmp_path / "marker"
     evil = edited(trained, tmp_path, attack(marker))
@@ -166,6 +167,7 @@ def test_a_run_of_our_own_records_only_what_it_may_apply_again(tmp_path):
 
 
 # ---- a resume command with awkward characters in the path ---------------------------------
+@pytest.mark.slow
 def test_the_printed_resume_command_works_when_pasted_back(trained, tmp_path):
     """A folder named as Hydra's override_dirname names them (``=``, ``,``), with a space and a quote."""
     from digitpairs.training.resume import resume_command
@@ -192,6 +194,7 @@ def tree_digest(folder: Path) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
     sweep = tmp_path / "sweep"
     base = [sys.executable, "train.py", "-m", *QUICK, f"hydra.sweep.dir={sweep}"]
