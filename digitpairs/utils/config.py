@@ -240,14 +240,16 @@ def check_output_dirs(argv: list[str]) -> None:
 
 def claim_output_dirs(cfg: DictConfig, multirun: bool) -> FolderLock | None:
     """Before Hydra writes anything: claim (:func:`claim_output_dir`) the run folder
-    (``hydra.run.dir``) or sweep folder (``hydra.sweep.dir``) of ``cfg``, the config that
-    :func:`check_command_line` composed (``hydra`` node included). A folder whose name
-    holds interpolations (the time, by default) cannot be known exactly before Hydra
-    names it: its nearest existing ancestor is checked instead
-    (:func:`check_writable_ancestor`) and the run or sweep claims it later.
+    (``hydra.run.dir``) of ``cfg``, the config that :func:`check_command_line` composed
+    (``hydra`` node included), so that Hydra's own files (``.hydra/``, the log) never go
+    into another run's folder. A sweep folder is only checked here (:func:`check_output_dir`
+    and :func:`check_writable_ancestor`: nothing is created before the launcher accepts its
+    settings); the sweeper claims it before it writes anything. So is a folder whose name
+    holds interpolations (the time, by default), which cannot be known exactly before
+    Hydra names it: its nearest existing ancestor is checked, and the run claims it.
 
     Returns:
-        the lock, held until this process ends, or None.
+        the lock of a run folder, held until this process ends, or None.
 
     Raises:
         ConfigError: the folder is in use, a file, unwritable or holds a result.
@@ -262,10 +264,13 @@ def claim_output_dirs(cfg: DictConfig, multirun: bool) -> FolderLock | None:
         return None
     if folder is None:
         return None
-    if "${" in text.replace("${project_root:}", ""):
-        check_writable_ancestor(key, folder)
-        return None
-    return claim_output_dir(key, folder, multirun)
+    exact = "${" not in text.replace("${project_root:}", "")
+    if exact and not multirun:
+        return claim_output_dir(key, folder, multirun)
+    if exact:
+        check_output_dir(key, folder, multirun)
+    check_writable_ancestor(key, folder)
+    return None
 
 
 def job_folder(hydra_context, config: DictConfig, overrides: list[str], idx: int) -> tuple[Path, dict[str, Any]]:
