@@ -64,6 +64,16 @@ def wait_for(condition, timeout: float = 180, proc: subprocess.Popen | None = No
         time.sleep(0.1)
 
 
+def writer_of(path: Path) -> int | None:
+    """The process that has ``path`` open (Linux: ``/proc/<pid>/fd``), e.g. the worker whose
+    job logs into a ``train.log``; None if none."""
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        with contextlib.suppress(OSError):
+            if any(os.readlink(fd) == str(path) for fd in fd_dir.iterdir()):
+                return int(fd_dir.parent.name)
+    return None
+
+
 # ---- the lock itself -------------------------------------------------------------------
 HOLD = (
     "import sys, time; from digitpairs.utils.io import FolderLock; "
@@ -240,12 +250,14 @@ def test_a_single_run_into_a_fleet_job_s_folder_is_refused_while_the_pack_trains
         text=True,
     )
     try:
-        lock = sweep / "000" / ".lock"
-        wait_for(lambda: lock.is_file() and lock.read_text().strip().isdigit(), proc=fleet)
-        pack_pid = int(lock.read_text())
+        log = sweep / "000" / "train.log"
+        wait_for(lambda: (sweep / "000" / "checkpoints").is_dir() and writer_of(log), proc=fleet)
+        pack_pid = writer_of(log)  # the pack's process, which trains jobs 000 and 001
+        assert pack_pid != fleet.pid
         out = train(*QUICK, "trainer.max_epochs=1", f"hydra.run.dir={sweep / '000'}")
         assert out.returncode == 2
         assert only_line(out.stderr) == in_use_line("hydra.run.dir", sweep / "000", pack_pid)
+        assert "trainer.max_epochs=500" in (sweep / "000" / ".hydra" / "overrides.yaml").read_text()  # the job's
         os.kill(pack_pid, signal.SIGKILL)
         _, stderr = fleet.communicate(timeout=120)
     finally:
@@ -408,15 +420,17 @@ def test_a_joblib_worker_killed_mid_sweep_is_recorded_and_the_summary_written(tm
         text=True,
     )
     try:
-        lock = sweep / "001" / ".lock"
+        log = sweep / "001" / "train.log"
         wait_for(
             lambda: (
-                (sweep / "000" / "metrics.json").is_file() and (sweep / "001" / "checkpoints" / "last.ckpt").is_file()
+                (sweep / "000" / "metrics.json").is_file()
+                and (sweep / "001" / "checkpoints" / "last.ckpt").is_file()
+                and writer_of(log)
             ),
             proc=proc,
         )
-        worker = int(lock.read_text())
-        assert worker != proc.pid  # a loky worker, not the launching process
+        worker = writer_of(log)  # the loky worker that trains job 001
+        assert worker != proc.pid
         os.kill(worker, signal.SIGKILL)
         _, stderr = proc.communicate(timeout=120)
     finally:

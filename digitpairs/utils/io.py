@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import json
 import math
 import os
@@ -16,6 +15,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # not POSIX: folders are used unlocked
+    fcntl = None
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]  # the folder holding train.py, conf/ and data/
 
@@ -104,6 +108,9 @@ class _Held:
     pid: int
 
 
+CLOEXEC = getattr(os, "O_CLOEXEC", 0)  # a lock file's descriptor never goes to a program started by exec
+PROBE_GRACE_S = 0.5  # how long acquire() retries before it refuses
+
 _HELD: dict[str, _Held] = {}  # the folder locks this process holds, by lock file (a process-wide resource)
 
 
@@ -150,10 +157,10 @@ class FolderLock:
     def holder(self) -> str | None:
         """The process id (a string, ``"?"`` if unknown) of another process that holds the
         lock, else None. Creates nothing: a folder without a lock file is free."""
-        if self.held_here() or not self.path.is_file():
+        if self.held_here() or fcntl is None or not self.path.is_file():
             return None
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | CLOEXEC)
         except OSError:
             return None
         try:
@@ -170,16 +177,20 @@ class FolderLock:
         """Take the lock (again, if this process holds it already); returns ``self``.
 
         Args:
-            wait_s: seconds to wait for another process to release it (0: refuse at once).
+            wait_s: seconds to wait for another process to release it (at least
+                ``PROBE_GRACE_S``, so that another process's :meth:`holder`, which holds the
+                lock for an instant, never makes it fail).
         """
         if self.held_here():
             _HELD[self._key()].depth += 1
             return self
         created = not self.folder.exists()
         self.folder.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-        deadline = time.monotonic() + wait_s
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | CLOEXEC, 0o644)
+        deadline = time.monotonic() + max(wait_s, PROBE_GRACE_S)
         try:
+            if fcntl is None:
+                raise OSError(errno.ENOSYS, "no fcntl")
             while True:
                 try:
                     fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
