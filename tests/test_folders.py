@@ -405,6 +405,16 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_last_whole_checkpoint_and_record
     assert epochs_done(ckpt) == 1  # the first epoch's checkpoint, whole
 
 
+def test_a_failed_record_that_cannot_be_written_says_so(tmp_path):
+    from digitpairs.training.task import write_record
+
+    blocked = tmp_path / "run"
+    blocked.write_text("a file where the run folder was")  # nothing can be written under it
+    record = write_record(blocked, {"status": "failed", "error": "run failed: diverged"})
+    assert record["error"] == f"run failed: diverged; no record could be written ({blocked} is a file)"
+    assert blocked.read_text() == "a file where the run folder was"
+
+
 # ---- a sweep whose worker is killed --------------------------------------------------------
 @pytest.mark.slow
 def test_a_joblib_worker_killed_mid_sweep_is_recorded_and_the_summary_written(tmp_path):

@@ -415,6 +415,18 @@ def storage_failure(out_dir: Path, err: BaseException) -> str:
     return f"cannot write in {out_dir} ({storage_reason(err, out_dir)}); {kept}"
 
 
+def write_record(out_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write a failed run's ``record`` as ``<out_dir>/metrics.json`` where it fits: the
+    disk that failed the run may not take its record either, and then the record's
+    ``error`` says so (``...; no record could be written (No space left on device: ...)``).
+    Returns ``record``."""
+    try:
+        write_json(out_dir / "metrics.json", record)
+    except OSError as err:
+        record["error"] += f"; no record could be written ({storage_reason(err, out_dir)})"
+    return record
+
+
 def claim_run_folder(out_dir: Path, multirun: bool) -> FolderLock:
     """The run's folder, locked for this run (:func:`~digitpairs.utils.config.claim_output_dir`).
 
@@ -475,10 +487,7 @@ def _run_locked(cfg: DictConfig, out_dir: Path, multirun: bool) -> dict[str, Any
         if not multirun and not storage_error(err):
             raise
         record, code = failure_record(cfg, err, start)
-    try:
-        write_json(out_dir / "metrics.json", record)
-    except OSError as err:  # the disk that failed the run may not take its record either
-        record["error"] += f"; no record could be written ({storage_reason(err, out_dir)})"
+    write_record(out_dir, record)
     if not multirun:
         exit_with(record["error"], code)
     log.error("job failed: %s", record["error"])
