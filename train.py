@@ -8,6 +8,7 @@
 Each run leaves a folder under outputs/ (metrics.json, checkpoint, TensorBoard events).
 """
 
+import logging
 import sys
 
 import hydra
@@ -16,7 +17,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from digitpairs.training.resume_args import resume_arguments
-from digitpairs.utils.config import check_command_line, check_group_choices, check_output_dirs, register_resolvers
+from digitpairs.utils.config import (
+    check_command_line,
+    check_group_choices,
+    check_output_dirs,
+    claim_output_dirs,
+    register_resolvers,
+)
 from digitpairs.utils.errors import one_line_errors
 
 
@@ -24,6 +31,7 @@ from digitpairs.utils.errors import one_line_errors
 def main(cfg: DictConfig) -> float | None:
     from digitpairs.training.task import run  # imports torch and Lightning: once per worker, not per job
 
+    logging.raiseExceptions = False  # a log file on a full disk: the run says so once, not a traceback per line
     metrics = run(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)
     return metrics.get("test_acc")
 
@@ -34,5 +42,8 @@ if __name__ == "__main__":
         check_group_choices(sys.argv[1:])
         check_output_dirs(sys.argv[1:])  # never a second run or sweep into a finished one's folder
         sys.argv[1:] = resume_arguments(sys.argv[1:])  # ckpt_path=...: the checkpoint's own overrides first
-        check_command_line(sys.argv[1:])  # Hydra's own refusals, as one line
+        composed = check_command_line(sys.argv[1:])  # Hydra's own refusals, as one line
+        if composed is not None and not {"-c", "--cfg", "--info", "-sc", "--shell-completion"} & set(sys.argv[1:]):
+            # the run or sweep folder: writable, and this process's alone until it ends
+            claim_output_dirs(composed, multirun=bool({"-m", "--multirun"} & set(sys.argv[1:])))
     main()

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from digitpairs.utils.errors import require_choice, require_number
+from digitpairs.utils.io import FolderLock
 
 log = logging.getLogger(__name__)
 
@@ -163,29 +164,20 @@ def compose_job(hydra_context, config, job: Job):
 
 def job_folder(hydra_context, config, job: Job) -> tuple[Path, dict[str, Any]]:
     """The job's folder (``hydra.sweep.dir``/``hydra.sweep.subdir``), as Hydra resolves it, and
-    its model and seed."""
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import OmegaConf
+    its model and seed (:func:`digitpairs.utils.config.job_folder`)."""
+    from digitpairs.utils.config import job_folder as folder_of
 
-    cfg = compose_job(hydra_context, config, job)
-    hydra_config = HydraConfig.instance()
-    previous = hydra_config.cfg
-    hydra_config.set_config(cfg)
-    try:
-        folder = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")), str(cfg.hydra.sweep.subdir))
-        about = {
-            "model": OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None),
-            "seed": OmegaConf.select(cfg, "seed", default=None),
-        }
-        return Path(os.path.abspath(folder)), about
-    finally:
-        hydra_config.cfg = previous
+    return folder_of(hydra_context, config, job.overrides, job.idx)
 
 
 def prepare_job(hydra_context, config, job: Job):
     """What Hydra's ``run_job`` does before it calls the task, for one run of a pack: the
-    job's folder and its ``.hydra/`` files, and its task config resolved against its own
-    Hydra config. Returns ``(sweep_config, task_cfg)``."""
+    job's folder, locked for this process (:class:`~digitpairs.utils.io.FolderLock`), and its
+    ``.hydra/`` files, and its task config resolved against its own Hydra config. Returns
+    ``(sweep_config, task_cfg)``.
+
+    Raises:
+        FolderInUse: another process holds the job folder's lock."""
     from hydra.core.hydra_config import HydraConfig
     from hydra.core.utils import _save_config
     from omegaconf import OmegaConf, open_dict, read_write
@@ -203,6 +195,7 @@ def prepare_job(hydra_context, config, job: Job):
     with read_write(task_cfg), open_dict(task_cfg):
         del task_cfg["hydra"]
     Path(output_dir).mkdir(parents=True, exist_ok=True)
+    FolderLock(output_dir).acquire()  # the job folder is this process's until it ends (as a solo run's)
     if sweep_config.hydra.output_subdir is not None:
         hydra_output = Path(sweep_config.hydra.runtime.output_dir) / str(sweep_config.hydra.output_subdir)
         _save_config(task_cfg, "config.yaml", hydra_output)

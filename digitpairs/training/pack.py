@@ -426,13 +426,12 @@ class PackModule(L.LightningModule):
 
     def fail(self, run: Run, message: str) -> None:
         """Record ``run`` as failed (its ``metrics.json``, at once), freeze it, go on without it."""
-        from digitpairs.training.task import failure_record
+        from digitpairs.training.task import failure_record, write_record
         from digitpairs.utils.errors import RunFailed
-        from digitpairs.utils.io import write_json
 
         record, _ = failure_record(run.cfg, RunFailed(message), run.start)
         run.failed = record["error"]
-        write_json(Path(run.cfg.paths.output_dir) / "metrics.json", record)
+        write_record(Path(run.cfg.paths.output_dir), record)
         with for_run(run.index):
             log.error("job failed: %s", run.failed)
         for p in run.model.parameters():
@@ -561,8 +560,7 @@ def train_pack(cfgs: list[DictConfig], report: Callable[[int, dict[str, Any]], N
     run that diverges is recorded ``failed`` and frozen; an error of the whole pack records
     every run still training as ``failed`` with it.
     """
-    from digitpairs.training.task import failure_record, test_and_record
-    from digitpairs.utils.io import write_json
+    from digitpairs.training.task import failure_record, test_and_record, write_record
 
     runs: list[Run] = []
     for k, cfg in enumerate(cfgs):
@@ -571,7 +569,7 @@ def train_pack(cfgs: list[DictConfig], report: Callable[[int, dict[str, Any]], N
             runs.append(build_run(k, cfg))
         except (ConfigError, Exception) as err:  # noqa: BLE001 - one bad run must not lose the others
             record, _ = failure_record(cfg, err, start)
-            write_json(Path(cfg.paths.output_dir) / "metrics.json", record)
+            write_record(Path(cfg.paths.output_dir), record)
             with for_run(k):
                 log.error("job failed: %s", record["error"])
             report(k, record)
@@ -612,5 +610,5 @@ def train_pack(cfgs: list[DictConfig], report: Callable[[int, dict[str, Any]], N
                 )
         except Exception as err:  # noqa: BLE001
             record, _ = failure_record(run.cfg, err, run.start)
-            write_json(Path(run.cfg.paths.output_dir) / "metrics.json", record)
+            write_record(Path(run.cfg.paths.output_dir), record)
         report(run.index, record)

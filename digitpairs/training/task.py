@@ -30,10 +30,9 @@ from digitpairs.utils.errors import (
     exit_with,
     from_omegaconf,
     one_line_config_errors,
-    one_line_errors,
     require_number,
 )
-from digitpairs.utils.io import write_json
+from digitpairs.utils.io import FolderInUse, FolderLock, storage_error, storage_reason, write_json
 
 log = logging.getLogger(__name__)
 
@@ -382,13 +381,17 @@ def failure_record(cfg: DictConfig, err: BaseException, start: float) -> tuple[d
     """The ``metrics.json`` record of a run that ended with ``err``, and its exit code.
 
     A :class:`ConfigError` is ``invalid`` (exit 2), a :class:`RunFailed` ``failed`` (exit 1;
-    ``killed`` for a :class:`JobInterrupted`), anything else ``failed`` with its type and message."""
+    ``killed`` for a :class:`JobInterrupted`), a storage error (a full disk, a read-only
+    file system: :func:`~digitpairs.utils.io.storage_error`) ``failed`` with the folder, the
+    reason and the checkpoint it keeps, anything else ``failed`` with its type and message."""
     if isinstance(err, ConfigError):
         status, code, message = "invalid", 2, str(err)
     elif isinstance(err, JobInterrupted):
         status, code, message = "killed", 1, str(err)
     elif isinstance(err, RunFailed):
         status, code, message = "failed", 1, f"run failed: {err}"
+    elif storage_error(err):
+        status, code, message = "failed", 1, f"run failed: {storage_failure(Path(cfg.paths.output_dir), err)}"
     else:
         status, code, message = "failed", 1, f"{type(err).__name__}: {err}"
     record = {
@@ -402,21 +405,78 @@ def failure_record(cfg: DictConfig, err: BaseException, start: float) -> tuple[d
     return record, code
 
 
+def storage_failure(out_dir: Path, err: BaseException) -> str:
+    """The line for a run that could not write into its folder ``out_dir``: the folder,
+    the reason, and the last whole checkpoint (the atomic save keeps it), e.g. ``cannot
+    write in /x/run (No space left on device: /x/run/checkpoints/.last.ckpt.7.tmp); it keeps
+    its last whole checkpoint, checkpoints/last.ckpt``."""
+    ckpt = out_dir / "checkpoints" / "last.ckpt"
+    kept = "it keeps its last whole checkpoint, checkpoints/last.ckpt" if ckpt.is_file() else "no checkpoint was saved"
+    return f"cannot write in {out_dir} ({storage_reason(err, out_dir)}); {kept}"
+
+
+def write_record(out_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write a failed run's ``record`` as ``<out_dir>/metrics.json`` where it fits: the
+    disk that failed the run may not take its record either, and then the record's
+    ``error`` says so (``...; no record could be written (No space left on device: ...)``).
+    Returns ``record``."""
+    try:
+        write_json(out_dir / "metrics.json", record)
+    except OSError as err:
+        record["error"] += f"; no record could be written ({storage_reason(err, out_dir)})"
+    return record
+
+
+def claim_run_folder(out_dir: Path, multirun: bool) -> FolderLock:
+    """The run's folder, locked for this run (:func:`~digitpairs.utils.config.claim_output_dir`).
+
+    A single run's folder is checked as ``train.py`` checks ``hydra.run.dir`` (it may come
+    from elsewhere than the command line); a sweep's job folder was checked with its sweep,
+    and is only locked.
+
+    Raises:
+        ConfigError: the folder is in use by another process, holds a finished run, or
+            cannot be written.
+    """
+    from digitpairs.utils.config import claim_output_dir, in_use, unwritable
+
+    if not multirun:
+        return claim_output_dir("hydra.run.dir", out_dir, multirun=False)
+    try:
+        return FolderLock(out_dir).acquire()
+    except FolderInUse as err:
+        raise in_use("hydra.sweep.dir", out_dir, err.holder) from None
+    except OSError as err:
+        raise unwritable("hydra.sweep.dir", out_dir, err) from None
+
+
 def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     """:func:`train` with failures reported the project's way.
 
-    A bad config, a failed run or one stopped by SLURM's time-limit warning writes
+    The run folder is locked for the run (:func:`claim_run_folder`): a second process
+    that writes into it is refused. A bad config, a failed run, one stopped by SLURM's
+    time-limit warning or one whose folder could not be written (a full disk) writes
     ``metrics.json`` with ``status`` ``"invalid"``, ``"failed"`` or ``"killed"`` and the
-    one-line ``error``. In a single run it then exits non-zero
+    one-line ``error`` (if the disk takes it). In a single run it then exits non-zero
     (2 for bad input, 1 for a failed run) with that line on stderr; in a multirun it
-    returns, so the sweep goes on and its summary records the job as failed.
+    returns, so the sweep goes on and its summary records the job as failed. A folder
+    that another process holds, or that cannot be written at all, gets no record.
     """
-    from digitpairs.utils.config import check_output_dir
-
     out_dir = Path(cfg.paths.output_dir)
-    if not multirun:  # train.py checks hydra.run.dir on its command line; this covers the others
-        with one_line_errors():
-            check_output_dir("hydra.run.dir", out_dir, multirun=False)  # and writes no record over the old one
+    try:
+        lock = claim_run_folder(out_dir, multirun)
+    except ConfigError as err:
+        if not multirun:
+            exit_with(str(err), 2)
+        log.error("job refused: %s", err)
+        return {"status": "invalid", "error": str(err)}
+    try:
+        return _run_locked(cfg, out_dir, multirun)
+    finally:
+        lock.release()
+
+
+def _run_locked(cfg: DictConfig, out_dir: Path, multirun: bool) -> dict[str, Any]:
     start = time.perf_counter()
     try:
         with one_line_config_errors():
@@ -424,10 +484,10 @@ def run(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     except (ConfigError, RunFailed) as err:
         record, code = failure_record(cfg, err, start)
     except Exception as err:  # noqa: BLE001 - in a sweep, one broken job must not lose the others
-        if not multirun:
+        if not multirun and not storage_error(err):
             raise
         record, code = failure_record(cfg, err, start)
-    write_json(out_dir / "metrics.json", record)
+    write_record(out_dir, record)
     if not multirun:
         exit_with(record["error"], code)
     log.error("job failed: %s", record["error"])

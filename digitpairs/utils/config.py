@@ -7,11 +7,12 @@ line in well under a second.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from digitpairs.utils.errors import ConfigError
-from digitpairs.utils.io import PROJECT_ROOT
+from digitpairs.utils.io import LOCK_FILE, PROJECT_ROOT, FolderInUse, FolderLock, storage_reason
 
 CONF_DIR = PROJECT_ROOT / "conf"
 
@@ -81,18 +82,67 @@ def finished_jobs(sweep_dir: Path) -> list[Path]:
     return sorted(p for p in sweep_dir.iterdir() if (p / "metrics.json").is_file() or (p / ".hydra").is_dir())
 
 
+RETRYABLE = ("invalid", "failed")  # a run folder whose record says so takes a new run: nothing finished is lost
+
+
+def run_status(folder: Path) -> str | None:
+    """The ``status`` that ``<folder>/metrics.json`` records: None without the file,
+    ``"unreadable"`` when it is not a JSON object with a string status."""
+    import json
+
+    try:
+        record = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return "unreadable"
+    status = record.get("status") if isinstance(record, dict) else None
+    return status if isinstance(status, str) else "unreadable"
+
+
+def in_use(key: str, folder: Path, holder: str) -> ConfigError:
+    """The refusal of a folder whose lock another process holds."""
+    return ConfigError(
+        key,
+        str(folder),
+        f"a folder that no other process is writing to; process {holder} holds its lock "
+        f"({folder / LOCK_FILE}): wait for it to end, or choose another {key}",
+    )
+
+
+def unwritable(key: str, folder: Path, err: BaseException) -> ConfigError:
+    """The refusal of a folder that cannot be created or written (a file on its path, a
+    read-only file system, a full disk, no permission), naming the reason."""
+    reason = storage_reason(err, folder)
+    if reason.endswith(" is a file"):
+        return ConfigError(key, str(folder), f"a folder; {reason}")
+    return ConfigError(key, str(folder), f"a folder that can be written ({reason})")
+
+
 def check_output_dir(key: str, folder: Path, multirun: bool) -> None:
-    """Refuse to write a run or a sweep into a folder that already holds one.
+    """Refuse to write a run or a sweep into a folder that another process is writing to,
+    that is a file, or that already holds a result. Writes nothing.
 
     Args:
         key: ``hydra.run.dir`` or ``hydra.sweep.dir``, for the message.
         folder: the folder.
         multirun: a sweep (its folder must hold no job yet) or a single run (its folder
-            must hold no ``metrics.json``).
+            must hold no finished run: a ``metrics.json`` whose status is ``invalid`` or
+            ``failed`` is a run that may be retried in its folder; ``ok``, ``killed``
+            (a checkpoint to resume) or an unreadable one is refused).
 
     Raises:
-        ConfigError: naming the key, the folder and what it already holds.
+        ConfigError: naming the key, the folder and what it holds, or the process that
+            holds its lock.
     """
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(key, str(folder), f"a folder; {ancestor} is a file")
+    holder = FolderLock(folder).holder()
+    if holder is not None:
+        raise in_use(key, folder, holder)
     if multirun and (jobs := finished_jobs(folder)):
         raise ConfigError(
             key,
@@ -100,19 +150,76 @@ def check_output_dir(key: str, folder: Path, multirun: bool) -> None:
             f"a folder that holds no sweep yet; it holds {len(jobs)} job folder(s) "
             f"(e.g. {jobs[0].name}), which a new sweep would overwrite: choose another {key}",
         )
-    if not multirun and (folder / "metrics.json").is_file():
+    status = None if multirun else run_status(folder)
+    if status is not None and status not in RETRYABLE:
+        what = "a metrics.json that cannot be read" if status == "unreadable" else f"a run with status {status}"
+        resume = (
+            f" (resume it into a new folder: python train.py ckpt_path={folder / 'checkpoints' / 'last.ckpt'})"
+            if status == "killed" and (folder / "checkpoints" / "last.ckpt").is_file()
+            else ""
+        )
         raise ConfigError(
             key,
             str(folder),
-            f"a folder that holds no finished run; it has a metrics.json, which a "
-            f"new run would overwrite: choose another {key}",
+            f"a folder that holds no finished run; it holds {what} (metrics.json), which a new run "
+            f"would overwrite: choose another {key}{resume}",
         )
+
+
+def claim_output_dir(key: str, folder: Path, multirun: bool) -> FolderLock:
+    """:func:`check_output_dir`, then create ``folder`` and take its lock
+    (:class:`~digitpairs.utils.io.FolderLock`) for this process: a second process that
+    claims it is refused until this one ends (or releases it).
+
+    Returns:
+        the lock, held (reentrant: a process may claim its own folder again).
+
+    Raises:
+        ConfigError: see :func:`check_output_dir`; the folder cannot be created or
+            written (``expected a folder that can be written (No space left on device: ...)``).
+    """
+    if not FolderLock(folder).held_here():
+        check_output_dir(key, folder, multirun)
+    try:
+        return FolderLock(folder).acquire()
+    except FolderInUse as err:
+        raise in_use(key, folder, err.holder) from None
+    except OSError as err:
+        raise unwritable(key, folder, err) from None
+
+
+def check_writable_ancestor(key: str, folder: Path) -> None:
+    """Refuse a folder whose nearest existing ancestor is a file or cannot be written (a
+    read-only file system, a full disk): one file is written there and removed. For a
+    folder whose exact name is not known yet (named by the time it starts).
+
+    Raises:
+        ConfigError: see :func:`unwritable`.
+    """
+    import contextlib
+    import os
+
+    ancestor = folder
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(key, str(folder), f"a folder; {ancestor} is a file")
+    probe = ancestor / f".write-test.{os.getpid()}"
+    try:
+        with probe.open("wb") as f:
+            f.write(b"0")
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(key, str(folder), f"a folder that can be written ({reason}: {ancestor})") from None
+    finally:
+        with contextlib.suppress(OSError):
+            probe.unlink(missing_ok=True)
 
 
 def check_output_dirs(argv: list[str]) -> None:
     """:func:`check_output_dir` for a ``hydra.run.dir=`` or ``hydra.sweep.dir=`` given on
     the command line, before Hydra writes anything into it (folders named by the time, the
-    default, are always new).
+    default, are always new). Writes nothing.
 
     Raises:
         ConfigError: see :func:`check_output_dir`.
@@ -129,6 +236,118 @@ def check_output_dirs(argv: list[str]) -> None:
         value = override.value() if not override.is_sweep_override() else None
         if override.key_or_group == key and isinstance(value, str) and "${" not in value:
             check_output_dir(key, Path(value).expanduser().resolve(), multirun)
+
+
+def claim_output_dirs(cfg: DictConfig, multirun: bool) -> FolderLock | None:
+    """Before Hydra writes anything: claim (:func:`claim_output_dir`) the run folder
+    (``hydra.run.dir``) of ``cfg``, the config that :func:`check_command_line` composed
+    (``hydra`` node included), so that Hydra's own files (``.hydra/``, the log) never go
+    into another run's folder. A sweep folder is only checked here (:func:`check_output_dir`
+    and :func:`check_writable_ancestor`: nothing is created before the launcher accepts its
+    settings); the sweeper claims it before it writes anything. So is a folder whose name
+    holds interpolations (the time, by default), which cannot be known exactly before
+    Hydra names it: its nearest existing ancestor is checked, and the run claims it.
+
+    Returns:
+        the lock of a run folder, held until this process ends, or None.
+
+    Raises:
+        ConfigError: the folder is in use, a file, unwritable or holds a result.
+    """
+    key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        raw = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        node = cfg.hydra.sweep if multirun else cfg.hydra.run
+        text = str(OmegaConf.to_container(node, resolve=False)["dir"])
+        folder = Path(str(raw)).expanduser().resolve() if raw is not None else None
+    except Exception:  # noqa: BLE001 - a folder Hydra resolves itself: the run or the sweeper checks it
+        return None
+    if folder is None:
+        return None
+    exact = "${" not in text.replace("${project_root:}", "")
+    if exact and not multirun:
+        return claim_output_dir(key, folder, multirun)
+    if exact:
+        check_output_dir(key, folder, multirun)
+    check_writable_ancestor(key, folder)
+    return None
+
+
+def job_folder(hydra_context, config: DictConfig, overrides: list[str], idx: int) -> tuple[Path, dict[str, Any]]:
+    """The folder that Hydra gives job ``idx`` of a sweep (``hydra.sweep.dir``/``hydra.sweep.subdir``,
+    resolved as the job resolves it), and the job's ``model`` and ``seed``.
+
+    Args:
+        hydra_context: the sweep's ``HydraContext`` (its config loader composes the job).
+        config: the sweep's config.
+        overrides: the job's overrides.
+        idx: its number in the sweep (``hydra.job.num``).
+    """
+    import os
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+    with open_dict(cfg):
+        cfg.hydra.job.id = f"{cfg.hydra.job.name}_{idx}"
+        cfg.hydra.job.num = idx
+    hydra_config = HydraConfig.instance()
+    previous = hydra_config.cfg
+    hydra_config.set_config(cfg)
+    try:
+        folder = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")), str(cfg.hydra.sweep.subdir))
+        about = {
+            "model": OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None),
+            "seed": OmegaConf.select(cfg, "seed", default=None),
+        }
+        return Path(os.path.abspath(folder)), about
+    finally:
+        hydra_config.cfg = previous
+
+
+def numbered_subdir(config: DictConfig, jobs: list[list[str]]) -> bool:
+    """Whether every job of a sweep gets a folder of its own by construction: its
+    ``hydra.sweep.subdir`` interpolates the job's number (``hydra.job.num``, as the default
+    ``${zpad:${hydra.job.num},3}``, or ``hydra.job.id``) and no job overrides a ``hydra.``
+    key (which could move it)."""
+    try:
+        text = str(OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir"))
+    except Exception:  # noqa: BLE001
+        return False
+    numbered = "${" in text and ("hydra.job.num" in text or "hydra.job.id" in text)
+    return numbered and not any(o.lstrip("+~").startswith("hydra.") for job in jobs for o in job)
+
+
+def check_job_folders(hydra_context, config: DictConfig, jobs: list[list[str]], first_idx: int = 0) -> None:
+    """Refuse a sweep in which two jobs would write into one folder (a ``hydra.sweep.subdir``
+    that does not vary between them), before any job runs.
+
+    A subdir numbered by the job (:func:`numbered_subdir`) is accepted at once; any other is
+    resolved for every job (:func:`job_folder`, about 0.2 s a job).
+
+    Args:
+        jobs: every job's overrides, in the sweep's order (job ``first_idx + i``).
+
+    Raises:
+        ConfigError: naming ``hydra.sweep.subdir``, its value and the first two jobs that
+            share a folder.
+    """
+    if len(jobs) < 2 or numbered_subdir(config, jobs):
+        return
+    seen: dict[Path, int] = {}
+    for i, overrides in enumerate(jobs):
+        idx = first_idx + i
+        folder, _ = job_folder(hydra_context, config, overrides, idx)
+        if folder in seen:
+            text = OmegaConf.to_container(config.hydra.sweep, resolve=False).get("subdir")
+            raise ConfigError(
+                "hydra.sweep.subdir",
+                str(text),
+                f"a value that differs between a sweep's jobs (e.g. ${{hydra.job.num}}); jobs {seen[folder]} "
+                f"and {idx} would both write into {folder}, and one would overwrite the other's results",
+            )
+        seen[folder] = idx
 
 
 HYDRA_MODES = {
@@ -177,7 +396,7 @@ def _first_value(override) -> str:
     return str(value.start) if isinstance(value, IntervalSweep) else next(override.sweep_string_iterator())
 
 
-def check_command_line(argv: list[str], config_name: str = "train", conf_dir: Path = CONF_DIR) -> None:
+def check_command_line(argv: list[str], config_name: str = "train", conf_dir: Path = CONF_DIR) -> DictConfig | None:
     """Check a ``train.py`` or ``evaluate.py`` command line as Hydra will read it, before
     Hydra runs, so that its refusals are one line (Hydra prints several, or a traceback):
 
@@ -187,6 +406,10 @@ def check_command_line(argv: list[str], config_name: str = "train", conf_dir: Pa
     - the config composes with them (a sweep with its first value): no unknown key, no
       ``+`` on a key that exists, no unknown group option.
 
+    Returns:
+        the composed config, ``hydra`` node included (a sweep's with its first values),
+        or None for ``--help``.
+
     Raises:
         ConfigError: naming the flag, the override or the key, and Hydra's reason.
     """
@@ -195,7 +418,7 @@ def check_command_line(argv: list[str], config_name: str = "train", conf_dir: Pa
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     if any(a in ("-h", "--help", "-hh", "--hydra-help") for a in argv):
-        return  # Hydra prints its help
+        return None  # Hydra prints its help
     modes = sorted({HYDRA_MODES[a] for a in argv if a in HYDRA_MODES})
     if len(modes) > 1:
         raise ConfigError(
@@ -231,6 +454,7 @@ def check_command_line(argv: list[str], config_name: str = "train", conf_dir: Pa
     finally:
         GlobalHydra.instance().clear()
     _check_intervals(parsed, str(cfg.hydra.sweeper.get("_target_", "")))
+    return cfg
 
 
 def _check_intervals(parsed: list, sweeper: str) -> None:
