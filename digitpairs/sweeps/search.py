@@ -306,7 +306,7 @@ def search(sweeper, arguments: list[str]) -> list:
 
     from digitpairs.sweeps.search_report import write_search_record
     from digitpairs.sweeps.search_space import describe, parse_space
-    from digitpairs.utils.config import check_output_dir
+    from digitpairs.utils.config import check_output_dir, claim_output_dir
 
     config = sweeper.config
     sweep_dir = Path(str(config.hydra.sweep.dir))
@@ -350,7 +350,8 @@ def search(sweeper, arguments: list[str]) -> list:
     )
     for key, dist in space.items():
         log.info("search: %s ~ %s", key, describe(dist))
-    sweep_dir.mkdir(parents=True, exist_ok=True)
+    with one_line_errors():  # the folder is this search's until the process ends (its lock)
+        claim_output_dir("hydra.sweep.dir", sweep_dir.resolve(), multirun=True)
     job_idx, done, returns_all, mine = 0, 0, [], []
     while done < settings["n_trials"]:
         batch = min(n_jobs, settings["n_trials"] - done)

@@ -91,9 +91,12 @@ class OptunaSweeper(Sweeper):
         from hydra.core.plugins import Plugins
 
         self.config, self.hydra_context = config, hydra_context
-        self.launcher = Plugins.instance().instantiate_launcher(
+        from hydra_plugins.digitpairs_sweeper import LostJobsRecorded
+
+        launcher = Plugins.instance().instantiate_launcher(
             hydra_context=hydra_context, task_function=task_function, config=config
         )
+        self.launcher = LostJobsRecorded(launcher, hydra_context, config)  # a killed worker's jobs recorded
 
     def sweep(self, arguments: list[str]) -> Any:
         from digitpairs.sweeps.search import search
