@@ -49,7 +49,7 @@ clean:  ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs/runs outputs/multirun .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
-PLAN ?= $(shell $(PY) -m digitpairs.sweeps.plan $(ARGS) 2>/dev/null)
+PLAN ?= $(shell $(PY) -m digitpairs.sweeps.launcher_plan $(ARGS) 2>/dev/null)
 
 grid: install  ## the study's grid search for one model on the validation split (MODEL=ws_aux)
 	$(PY) train.py -m experiment=grid model=$(or $(MODEL),ws_aux) $(PLAN) $(ARGS)
@@ -90,5 +90,5 @@ test-browser: install  ## the demo in headless Chromium (apt-installs chromium a
 report: install  ## (re)build the report of a sweep: make report SWEEP=outputs/multirun/<folder>
 	$(PY) -m digitpairs.sweeps.report $(or $(SWEEP),$(lastword $(sort $(wildcard outputs/multirun/*))))
 
-bench: install  ## the speed benchmark: Lightning vs bare PyTorch loops (benchmarks/speed.py)
-	$(PY) benchmarks/speed.py $(ARGS)
+bench: install  ## the speed benchmark: Lightning vs bare PyTorch loops (benchmarks/speed/training_loop.py)
+	$(PY) benchmarks/speed/training_loop.py $(ARGS)

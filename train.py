@@ -16,7 +16,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
 
-from digitpairs.training.resume_args import resume_arguments
+from digitpairs.training.checkpoints.resume_command import resume_arguments
 from digitpairs.utils.config import (
     check_command_line,
     check_group_choices,
@@ -29,7 +29,7 @@ from digitpairs.utils.errors import one_line_errors
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from digitpairs.training.task import run  # imports torch and Lightning: once per worker, not per job
+    from digitpairs.training.run import run  # imports torch and Lightning: once per worker, not per job
 
     logging.raiseExceptions = False  # a log file on a full disk: the run says so once, not a traceback per line
     metrics = run(cfg, multirun=HydraConfig.get().mode == RunMode.MULTIRUN)

@@ -1,7 +1,7 @@
 """Bad data files are refused with one line before any training: IDX files copied from the
 repository's MNIST (``data/mnist``) into a temporary folder, then altered byte by byte.
 
-Every case goes through what ``train.py`` runs (``digitpairs.training.task.run`` on a
+Every case goes through what ``train.py`` runs (``digitpairs.training.run.run`` on a
 composed config, in this process; one case as a ``train.py`` subprocess) and checks the
 exit code, the one line, the ``invalid`` record and that no training started.
 """
@@ -126,7 +126,7 @@ GZ_CASES = ("label_10", "image_size_32", "magic_first_byte", "images_cut_short")
     [pytest.param(c, False, id=c) for c in CASES] + [pytest.param(c, True, id=f"{c}-gz") for c in GZ_CASES],
 )
 def test_bad_idx_file_is_one_line_before_training(case, gz, t10k, compose_cfg, tmp_path, capsys):
-    from digitpairs.training.task import run
+    from digitpairs.training.run import run
 
     edit, file, reason = CASES[case]
     root = t10k_folder(tmp_path / "data", *edit(*t10k), gz=gz)
@@ -217,7 +217,7 @@ def test_label_out_of_range_through_train_py(tmp_path):
 def test_second_member_without_every_class_is_refused_before_training(t10k, compose_cfg, tmp_path, capsys):
     """recipe=beyond's second member is fitted on the training digits when training ends: a
     labels file without any 7 is refused before the first epoch, naming the file."""
-    from digitpairs.training.task import run
+    from digitpairs.training.run import run
 
     images, labels = t10k
     labels = np.where(labels == 7, 1, labels)  # every 7 relabelled as a 1: labels in range, a class missing
@@ -236,7 +236,7 @@ def test_second_member_without_every_class_is_refused_before_training(t10k, comp
     assert read_metrics(tmp_path / "run")["status"] == "invalid"
     assert not (tmp_path / "run" / "checkpoints").exists()
     # the same model without its second member needs no class in particular: it builds
-    from digitpairs.training.task import build
+    from digitpairs.training.run import build
 
     build(
         compose_cfg("recipe=beyond", *QUICK, "data.source=idx", f"data.root={root}", "model.second=none"), loggers=False
@@ -247,7 +247,7 @@ def test_second_member_without_every_class_is_refused_before_training(t10k, comp
 def test_too_few_pairs_for_the_second_member(second, compose_cfg):
     """Four training pairs of the repository's MNIST cannot hold every digit: refused in
     ``build`` (which a fleet's packed runs go through too), before any training."""
-    from digitpairs.training.task import build
+    from digitpairs.training.run import build
     from digitpairs.utils.errors import ConfigError
 
     cfg = compose_cfg("recipe=beyond", *QUICK, f"model.second={second}", "data.n_pairs=4", "data.val_fraction=0")

@@ -17,11 +17,11 @@ from hydra.utils import instantiate
 
 from digitpairs.data import PairDataModule
 from digitpairs.data.augment import RandomDigitAffine, RandomDigitElastic
-from digitpairs.models.base import TTA_SEED
-from digitpairs.models.modules import DigitClassifierModule, WSAuxModule
+from digitpairs.models.lightning_modules import DigitClassifierModule, WSAuxModule
 from digitpairs.models.nets import CompactConvNet, WideConvNet
+from digitpairs.models.pair_module import TTA_SEED
 from digitpairs.models.rules import decide, prob_leq, rule_logits
-from digitpairs.training.task import instantiate_checked
+from digitpairs.training.run import instantiate_checked
 from digitpairs.utils.errors import ConfigError
 
 
@@ -348,7 +348,7 @@ def test_bad_new_options_name_the_key(override, key, compose_cfg):
 def test_augment_cost_benchmark_prints_its_shares():
     cmd = [
         sys.executable,
-        "benchmarks/augment_cost.py",
+        "benchmarks/speed/augment_cost.py",
         "--models",
         "model=digit_classifier",
         "--steps",

@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import EarlyStopping
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from digitpairs.data import PairDataModule
-from digitpairs.models.modules import ConvNetModule, DigitClassifierModule, WSAuxModule, WSModule
+from digitpairs.models.lightning_modules import ConvNetModule, DigitClassifierModule, WSAuxModule, WSModule
 from digitpairs.utils.config import CONF_DIR, group_options
 
 MODEL_FILES = sorted(p.stem for p in (CONF_DIR / "model").glob("*.yaml") if not p.stem.startswith("_"))
@@ -81,7 +81,7 @@ def test_data_trainer_logger_and_callbacks_instantiate(compose_cfg, tmp_path):
     assert (dm.source, dm.n_pairs, dm.n_val, dm.batch_size, dm.seed) == ("idx", 500, 100, 100, 7)
     assert cfg.paths.output_dir == str(tmp_path / "run")
     callbacks = [instantiate(c) for c in cfg.callbacks.values()]
-    from digitpairs.training.preemption import CheckpointOnSignal  # default: inert outside SLURM
+    from digitpairs.training.checkpoints.preemption import CheckpointOnSignal  # default: inert outside SLURM
 
     assert [type(c) for c in callbacks] == [CheckpointOnSignal, EarlyStopping]
     assert callbacks[1].monitor == "val/acc" and callbacks[1].mode == "max"

@@ -43,7 +43,7 @@ EXPECTED = "a checkpoint (.ckpt) written by a digitpairs run (checkpoints/last.c
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """The run folder of a real 1-epoch ws_aux run (its ``checkpoints/last.ckpt``)."""
-    from digitpairs.training.task import train
+    from digitpairs.training.run import train
 
     run = tmp_path_factory.mktemp("trained") / "run"
     train(compose_config(["model=ws_aux", *QUICK], run))
@@ -146,7 +146,7 @@ def refusal(entry: str, ckpt: Path, tmp_path: Path, capsys) -> tuple[int, str]:
 
             run(compose_config([f"ckpt_path={ckpt}"], tmp_path / "ev", config_name="evaluate"))
         else:
-            from digitpairs.training.resume_args import resume_arguments
+            from digitpairs.training.checkpoints.resume_command import resume_arguments
 
             with one_line_errors():
                 resume_arguments([f"ckpt_path={ckpt}"])
@@ -201,7 +201,7 @@ def test_finite_weights_that_overflow_never_print_nan(trained, tmp_path, capsys)
 
 
 def test_an_undamaged_checkpoint_still_loads_everywhere(trained, tmp_path, capsys):
-    from digitpairs.training.resume_args import resume_arguments
+    from digitpairs.training.checkpoints.resume_command import resume_arguments
 
     ckpt = trained / "checkpoints" / "last.ckpt"
     assert load_script("predict.py", "predict_whole").main([str(ckpt), TWO, SEVEN, "--json"]) == 0
@@ -271,8 +271,8 @@ def test_a_shipped_checkpoint_counts_the_epochs_its_run_trained(trained, tmp_pat
     """``make pretrained``'s export keeps no loops; the epochs go into the record. Lightning's
     own ``epoch`` entry, saved after ``fit``, is the count itself, not the last index."""
     from digitpairs.inference.pretrained import export
-    from digitpairs.training.checkpoint import info
-    from digitpairs.training.task import train
+    from digitpairs.training.checkpoints.store import info
+    from digitpairs.training.run import train
 
     runs = tmp_path / "runs"
     shutil.copytree(trained, runs / "ws_aux")

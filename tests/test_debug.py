@@ -46,7 +46,7 @@ def test_debug_folders_lie_apart_from_runs_and_sweeps(option, tmp_path):
 def test_debug_options_compose_with_models_recipes_and_experiments(option, extra, tmp_path):
     from hydra.utils import instantiate
 
-    from digitpairs.training.task import check_config
+    from digitpairs.training.run import check_config
 
     cfg = compose_config([f"debug={option}", *extra], tmp_path)
     check_config(cfg)

@@ -5,7 +5,7 @@ block and every inline `code` span that starts with one of ``PREFIXES``.
 
 - ``python train.py ...``: every job it would launch (a sweep expanded as Hydra's basic
   sweeper does, the experiment's sweep lists included) is composed with Hydra, and its
-  checks and constructors run (``digitpairs.training.task.check_config``, the data module and the model):
+  checks and constructors run (``digitpairs.training.run.check_config``, the data module and the model):
   a bad key, a bad value or a bad group choice fails here. Training itself is tested in
   test_train.py, test_sweep.py and test_logs.py; composing keeps this test cheap.
   ``--help`` runs for real.
@@ -43,18 +43,18 @@ PREFIXES = (
 )
 NOT_RUN = {  # command start -> why it is not run here
     "make test-slurm": "starts a SLURM cluster: its own CI step (scripts/test-slurm.sh, tests/test_slurm.py)",
-    "python benchmarks/checkpoint_cost.py": "a benchmark of minutes",
-    "python benchmarks/speed.py": "a benchmark of minutes (make bench)",
-    "python benchmarks/fleet_speed.py": "a benchmark of minutes (tests/test_fleet.py times a pack in a short form)",
-    "python benchmarks/fleet_vs_joblib.py": "two whole sweeps",
-    "python benchmarks/augment_cost.py": "a benchmark of a minute (tests/test_beyond.py runs it in a short form)",
-    "python benchmarks/ablation.py --run": "trains a 15-seed sweep",
-    "python benchmarks/second_member.py": "reads a 15-seed sweep (tests/test_second_member.py runs it on a short run)",
-    "python benchmarks/search_vs_grid.py": "a grid, a search and 15-seed tests (tests/test_search.py runs it tiny)",
+    "python benchmarks/speed/checkpoint_cost.py": "a benchmark of minutes",
+    "python benchmarks/speed/training_loop.py": "a benchmark of minutes (make bench)",
+    "python benchmarks/speed/fleet_speed.py": "a benchmark of minutes (tests/test_fleet.py runs it in a short form)",
+    "python benchmarks/speed/fleet_vs_joblib.py": "two whole sweeps",
+    "python benchmarks/speed/augment_cost.py": "a benchmark of a minute (tests/test_beyond.py runs it in a short form)",
+    "python benchmarks/accuracy/ablation.py --run": "trains a 15-seed sweep",
+    "python benchmarks/accuracy/second_member.py": "reads a 15-seed sweep (tests/test_second_member.py: a short run)",
+    "python benchmarks/accuracy/search_vs_grid.py": "a grid, a search and 15-seed tests (tests/test_search.py: tiny)",
     "make lint": "ruff, run by .ci/run before the tests",
     "make test-fast": "the test suite itself, without its slow tests",
     "make test": "the test suite itself",
-    "make bench": "a benchmark of minutes (benchmarks/speed.py)",
+    "make bench": "a benchmark of minutes (benchmarks/speed/training_loop.py)",
     "make clean": "deletes the project's outputs/",
     "make tensorboard": "a server: tests/test_tensorboard.py serves one",
     "make demo": "a web server: tests/test_browser.py serves it and drives it in Chromium (make test-browser)",
@@ -67,8 +67,8 @@ DOCS = [
     *sorted((PROJECT_ROOT / "docs").glob("*.md")),
     PROJECT_ROOT / "pretrained" / "README.md",
 ]
-QUICK_SCRIPTS = {"benchmarks/ablation.py"}  # run for real: they only read sweep folders
-MODULES = {"digitpairs.sweeps.report", "digitpairs.sweeps.plan", "digitpairs.sweeps.summary"}
+QUICK_SCRIPTS = {"benchmarks/accuracy/ablation.py"}  # run for real: they only read sweep folders
+MODULES = {"digitpairs.sweeps.report", "digitpairs.sweeps.launcher_plan", "digitpairs.sweeps.summary"}
 JOBS_PER_COMMAND = 3  # composed per sweep: the first job and the first of each model
 # `make -o` it: never reinstall in a test. The name as the Makefile spells it (make -o matches
 # target names, and the Makefile's target is the relative .venv/.install-stamp).
@@ -136,7 +136,7 @@ def check_train_command(args: list[str], tmp: Path) -> int:
     constructors; return the number of jobs checked. Raises what the run would raise."""
     from hydra.utils import instantiate
 
-    from digitpairs.training.task import check_config
+    from digitpairs.training.run import check_config
     from digitpairs.utils.config import check_group_choices
 
     check_group_choices(args)

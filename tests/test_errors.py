@@ -3,7 +3,7 @@
 A subprocess of ``train.py`` costs about 10 s (it imports Lightning), so only three
 cases go through one: an unknown model (caught before Hydra, without torch), one bad
 number through Hydra, and a diverging run. The other cases call
-``digitpairs.training.task.run(cfg)`` on a composed config in this process.
+``digitpairs.training.run.run(cfg)`` on a composed config in this process.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ CASES = {  # id: (overrides, key, value as printed, what is allowed (start))
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_bad_input_in_process(case, compose_cfg, tmp_path, capsys):
-    from digitpairs.training.task import run
+    from digitpairs.training.run import run
 
     overrides, key, value, allowed = CASES[case]
     paths = {"missing": missing_dir(tmp_path), "empty": empty_dir(tmp_path)}
@@ -160,7 +160,7 @@ def test_bad_input_in_process(case, compose_cfg, tmp_path, capsys):
 
 def test_failed_job_in_a_sweep_returns_a_record(compose_cfg, tmp_path, capsys):
     """In a multirun a bad job is recorded and returned, so the sweep goes on."""
-    from digitpairs.training.task import run
+    from digitpairs.training.run import run
 
     cfg = compose_cfg("trainer.max_epochs=1", "optim.lr2=-1")
     record = run(cfg, multirun=True)

@@ -94,7 +94,7 @@ def test_a_run_starts_as_its_solo_run(compose_cfg, tmp_path):
     solo run's of the same seed."""
     from digitpairs.models.packed import PackedDropout
     from digitpairs.training.pack import PackedLoader, build_run
-    from digitpairs.training.task import build
+    from digitpairs.training.run import build
 
     overrides = ["model=ws_aux", "logger=none", *TINY]
     cfgs = [compose_cfg(*overrides, f"seed={s}") for s in (3, 5)]
@@ -228,7 +228,9 @@ def test_a_killed_pack_leaves_its_jobs_recorded_killed(tmp_path):
 
 @pytest.mark.slow
 def test_fleet_speed_benchmark_prints_its_table():
-    out = python("benchmarks/fleet_speed.py", "--models", "convnet", "--packs", "2", "--epochs", "1", "--repeats", "1")
+    out = python(
+        "benchmarks/speed/fleet_speed.py", "--models", "convnet", "--packs", "2", "--epochs", "1", "--repeats", "1"
+    )
     assert out.returncode == 0, out.stderr[-2000:]
     row = next(line for line in out.stdout.splitlines() if line.startswith("| convnet | 2 |"))
     solo, packed, ratio = (cell.strip() for cell in row.strip("|").split("|")[2:])

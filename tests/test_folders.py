@@ -383,7 +383,7 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_last_whole_checkpoint_and_record
     but not a second one beside it: the second save fails, the first stays whole."""
     import torch
 
-    from digitpairs.training.checkpoint import epochs_done
+    from digitpairs.training.checkpoints.store import epochs_done
 
     disk = tmp_path / "disk"
     if not mounts(disk, "600k"):
@@ -406,7 +406,7 @@ def test_a_disk_that_fills_up_mid_run_keeps_the_last_whole_checkpoint_and_record
 
 
 def test_a_failed_record_that_cannot_be_written_says_so(tmp_path):
-    from digitpairs.training.task import write_record
+    from digitpairs.training.run import write_record
 
     blocked = tmp_path / "run"
     blocked.write_text("a file where the run folder was")  # nothing can be written under it

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from digitpairs.sweeps.plan import plan
+from digitpairs.sweeps.launcher_plan import plan
 from digitpairs.sweeps.slurm import check_time_limit, job_outcome, record_lost_job
 from digitpairs.sweeps.summary import write_summary
 from digitpairs.utils.errors import ConfigError

@@ -9,7 +9,7 @@ import io
 import pytest
 from conftest import run_train
 
-from digitpairs.training.task import progress_bar_shown
+from digitpairs.training.run import progress_bar_shown
 
 pytestmark = pytest.mark.slow
 

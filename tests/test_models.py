@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from digitpairs.data import PairDataModule
-from digitpairs.models.modules import ConvNetModule, WSAuxModule, WSModule
+from digitpairs.models.lightning_modules import ConvNetModule, WSAuxModule, WSModule
 from digitpairs.models.nets import Comparator, ConvNet, Dropout, TwoBranchNet
-from digitpairs.training.callbacks import EpochHistory
+from digitpairs.training.history import EpochHistory
 from digitpairs.utils.errors import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*LeafSpec.*")  # Lightning 2.6 on torch 2.14, harmless

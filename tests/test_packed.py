@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from digitpairs.data import PairDataModule
-from digitpairs.models.modules import ConvNetModule, DigitClassifierModule, WSAuxModule, WSModule
+from digitpairs.models.lightning_modules import ConvNetModule, DigitClassifierModule, WSAuxModule, WSModule
 from digitpairs.models.nets import Dropout
 from digitpairs.models.packed import NotPackable, PackedDropout, PackedStage, pack
 

@@ -22,7 +22,7 @@ def test_a_shipped_model_loads_as_data_and_scores_its_recorded_accuracy(name, mo
     from conftest import compose_config
 
     from digitpairs.inference.evaluate import evaluate
-    from digitpairs.training.checkpoint import info
+    from digitpairs.training.checkpoints.store import info
 
     ckpt = PRETRAINED / name / "model.ckpt"
     assert ckpt.stat().st_size <= 1_000_000  # beyond: 2 networks (0.78 MB), without its 3.5 MB second member

@@ -283,7 +283,7 @@ def test_tensorboard_columns_leave_bad_records_out(tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    from digitpairs.training.tboard import write_sweep_experiment
+    from digitpairs.sweeps.hparams_table import write_sweep_experiment
 
     sweep = records_sweep(tmp_path / "sweep")
     write_sweep_experiment(sweep)
@@ -378,7 +378,7 @@ def test_sweep_end_on_a_read_only_folder_is_one_line(small_tmpfs, capsys):
     """The callback that ends every multirun, on a folder gone read-only: exit 1, one line."""
     from omegaconf import OmegaConf
 
-    from digitpairs.sweeps.callback import SweepSummary
+    from digitpairs.sweeps.sweep_end import SweepSummary
 
     mnt, remount = small_tmpfs
     sweep = fake_sweep(mnt / "sweep", {"ws_aux": [0.97, 0.98]})

@@ -1,6 +1,6 @@
 """``hparams_search=optuna``: the search space, the study in SQLite and its continuation,
 failed and killed trials, the launchers, the records of the sweep, and the comparison
-benchmark (benchmarks/search_vs_grid.py) on a tiny setting."""
+benchmark (benchmarks/accuracy/search_vs_grid.py) on a tiny setting."""
 
 from __future__ import annotations
 
@@ -100,10 +100,10 @@ def test_the_loss_weights_a_model_does_not_use_are_not_searched():
     from digitpairs.sweeps.search import unused_weights
 
     space = {"optim.lr1": 1, "loss.alpha": 1, "loss.gamma": 1}
-    assert unused_weights(space, [], "digitpairs.models.modules.WSAuxModule") == []
-    assert unused_weights(space, [], "digitpairs.models.modules.ConvNetModule") == ["loss.alpha"]
-    assert unused_weights(space, [], "digitpairs.models.modules.WSModule") == ["loss.alpha"]
-    assert unused_weights(space, [], "digitpairs.models.modules.DigitClassifierModule") == ["loss.gamma"]
+    assert unused_weights(space, [], "digitpairs.models.lightning_modules.WSAuxModule") == []
+    assert unused_weights(space, [], "digitpairs.models.lightning_modules.ConvNetModule") == ["loss.alpha"]
+    assert unused_weights(space, [], "digitpairs.models.lightning_modules.WSModule") == ["loss.alpha"]
+    assert unused_weights(space, [], "digitpairs.models.lightning_modules.DigitClassifierModule") == ["loss.gamma"]
 
 
 @pytest.mark.parametrize(
@@ -307,7 +307,7 @@ def test_the_comparison_benchmark_on_a_tiny_setting(tmp_path):
     out = subprocess.run(
         [
             sys.executable,
-            "benchmarks/search_vs_grid.py",
+            "benchmarks/accuracy/search_vs_grid.py",
             "--out",
             str(tmp_path),
             "--launcher",

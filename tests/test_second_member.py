@@ -13,9 +13,9 @@ import torch
 from conftest import PROJECT_ROOT
 
 from digitpairs.data import load_pools
-from digitpairs.models.modules import DigitClassifierModule
+from digitpairs.models.lightning_modules import DigitClassifierModule
 from digitpairs.models.scatter import AffinePCA, KernelSVM, Scattering, ScatterPCA, ScatterSVM, couple
-from digitpairs.training.task import instantiate_checked
+from digitpairs.training.run import instantiate_checked
 from digitpairs.utils.errors import ConfigError
 
 
@@ -199,7 +199,7 @@ def test_bad_second_member_key_is_one_line_and_exit_2(tmp_path):
 def test_a_short_run_with_the_member_on_real_digits(recipe, weight, key, shape, tmp_path):
     """The recipe with its member, 3 epochs on 300 pairs: metrics.json holds every rule's
     accuracy, the checkpoint holds the member, evaluate.py reproduces the run's own figure
-    and the validation table of benchmarks/second_member.py its validation errors."""
+    and the validation table of benchmarks/accuracy/second_member.py its validation errors."""
     run_dir = tmp_path / "run"
     cmd = [
         sys.executable,
@@ -241,9 +241,9 @@ def test_a_short_run_with_the_member_on_real_digits(recipe, weight, key, shape, 
     record = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     record = record["results"][0]
     assert record["acc"] == pytest.approx(m["test_acc"], abs=1e-9)
-    # the validation table of benchmarks/second_member.py, on this one run: the run's own w gives its val figure
+    # the validation table of benchmarks/accuracy/second_member.py on this one run: its own w gives its val figure
     table = subprocess.run(
-        [sys.executable, "benchmarks/second_member.py", str(tmp_path), "--weights", f"{weight},1"],
+        [sys.executable, "benchmarks/accuracy/second_member.py", str(tmp_path), "--weights", f"{weight},1"],
         cwd=PROJECT_ROOT,
         capture_output=True,
         text=True,
@@ -257,7 +257,7 @@ def test_a_short_run_with_the_member_on_real_digits(recipe, weight, key, shape, 
         return
     # --baseline (once): the run against itself, paired by its seed: the same errors on both sides
     paired = subprocess.run(
-        [sys.executable, "benchmarks/second_member.py", str(tmp_path), "--baseline", str(tmp_path)]
+        [sys.executable, "benchmarks/accuracy/second_member.py", str(tmp_path), "--baseline", str(tmp_path)]
         + ["--weights", weight],
         cwd=PROJECT_ROOT,
         capture_output=True,
@@ -284,7 +284,7 @@ def test_a_short_run_with_the_member_on_real_digits(recipe, weight, key, shape, 
 def test_a_checkpoint_with_a_malformed_member_is_refused_at_load(second, key, value, digits, tmp_path):
     """Untrusted input: sizes that do not fit each other are one line at load, not a
     traceback from a matrix product at the first prediction."""
-    from digitpairs.training import checkpoint as ckpt_io
+    from digitpairs.training.checkpoints import store as ckpt_io
 
     model = fitted_module(digits, 0.4, second)
     state = model.state_dict()

@@ -312,7 +312,7 @@ def test_submitit_local_launcher(tmp_path):
 
 
 def test_launch_plan():
-    from digitpairs.sweeps.plan import plan
+    from digitpairs.sweeps.launcher_plan import plan
 
     assert plan(cores=2, cuda=False, amx_bf16=False) == "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
     assert plan(cores=2, cuda=False, amx_bf16=True).endswith(" trainer.precision=bf16-mixed")

@@ -134,7 +134,7 @@ def test_same_seed_gives_the_same_result(twin_runs):
 
 def test_checkpoint_reproduces_the_reported_test_accuracy(twin_runs):
     from digitpairs.data import PairDataModule
-    from digitpairs.models.modules import WSAuxModule
+    from digitpairs.models.lightning_modules import WSAuxModule
 
     run = twin_runs[0][3]
     m = read_metrics(run)

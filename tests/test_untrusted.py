@@ -33,7 +33,7 @@ QUICK = [
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> Path:
     """The ``last.ckpt`` of a real 1-epoch ws_aux run."""
-    from digitpairs.training.task import train
+    from digitpairs.training.run import train
 
     run = tmp_path_factory.mktemp("trained") / "run"
     train(compose_config(["model=ws_aux", *QUICK], run))
@@ -106,7 +106,7 @@ def test_evaluate_and_predict_refuse_it_too(trained, tmp_path, capsys):
     ],
 )
 def test_what_a_checkpoint_may_not_apply_again(override, why):
-    from digitpairs.training.checkpoint import override_problem
+    from digitpairs.training.checkpoints.store import override_problem
 
     assert why in override_problem(override)
 
@@ -125,13 +125,13 @@ def test_what_a_checkpoint_may_not_apply_again(override, why):
     ],
 )
 def test_what_a_checkpoint_may_apply_again(override):
-    from digitpairs.training.checkpoint import override_problem
+    from digitpairs.training.checkpoints.store import override_problem
 
     assert override_problem(override) is None
 
 
 def test_a_key_the_config_lacks_is_refused_before_hydra(trained, tmp_path):
-    from digitpairs.training.resume_args import resume_arguments
+    from digitpairs.training.checkpoints.resume_command import resume_arguments
     from digitpairs.utils.errors import ConfigError
 
     evil = edited(trained, tmp_path, ["model=ws_aux", "trainer.no_such_key=1"])
@@ -153,8 +153,8 @@ def test_hyperparameters_the_model_does_not_take_are_one_line(hyper, trained, tm
 
 def test_a_run_of_our_own_records_only_what_it_may_apply_again(tmp_path):
     """Overrides a resume may not apply (a callback added with +) are kept apart, never replayed."""
-    from digitpairs.training.resume_args import resume_arguments
-    from digitpairs.training.task import train
+    from digitpairs.training.checkpoints.resume_command import resume_arguments
+    from digitpairs.training.run import train
 
     extra = ["+callbacks.es._target_=lightning.pytorch.callbacks.EarlyStopping", "+callbacks.es.monitor=val/acc"]
     train(compose_config(["model=convnet", *QUICK, *extra], tmp_path / "a"))
@@ -170,7 +170,7 @@ def test_a_run_of_our_own_records_only_what_it_may_apply_again(tmp_path):
 @pytest.mark.slow
 def test_the_printed_resume_command_works_when_pasted_back(trained, tmp_path):
     """A folder named as Hydra's override_dirname names them (``=``, ``,``), with a space and a quote."""
-    from digitpairs.training.resume import resume_command
+    from digitpairs.training.checkpoints.resume import resume_command
 
     folder = tmp_path / "lr=0.1,seed=2 it's"
     folder.mkdir()
@@ -212,7 +212,7 @@ def test_a_second_sweep_into_the_same_folder_is_refused(tmp_path):
 
 
 def test_a_run_into_a_finished_runs_folder_is_refused(tmp_path, compose_cfg, capsys):
-    from digitpairs.training.task import run
+    from digitpairs.training.run import run
 
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "metrics.json").write_text('{"status": "ok", "test_acc": 0.97}')
@@ -296,7 +296,7 @@ def test_exif_orientation_is_applied(orientation, tmp_path):
 def digit_model(tmp_path_factory):
     """A ws_aux that tells a 7 from a 6: 8 epochs on 1000 pairs (about 95 % digit accuracy)."""
     from digitpairs.inference.predict import load_model
-    from digitpairs.training.task import train
+    from digitpairs.training.run import train
 
     run = tmp_path_factory.mktemp("digits") / "run"
     train(
@@ -397,7 +397,7 @@ def test_an_image_over_the_limit_is_refused_before_decoding(tmp_path):
 def test_odd_numbers_and_config_errors_are_one_line(overrides, key, tmp_path, capsys):
     from omegaconf import OmegaConf, open_dict
 
-    from digitpairs.training.task import run
+    from digitpairs.training.run import run
 
     cfg = compose_config([*QUICK, *overrides], tmp_path / "run", hydra_node=True)  # unresolved, as Hydra hands it
     with open_dict(cfg):

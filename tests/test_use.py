@@ -1,6 +1,6 @@
 """Using a trained model: resume a run exactly, evaluate a checkpoint, predict two images.
 
-The runs are trained in this process (``digitpairs.training.task.train`` on composed configs,
+The runs are trained in this process (``digitpairs.training.run.train`` on composed configs,
 as ``train.py`` runs them, without the 10 s of a subprocess's imports) on the default data
 (MNIST 60,000/10,000), ws_aux, 6 epochs, one thread:
 
@@ -50,8 +50,8 @@ def base() -> list[str]:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """``{"full", "cut", "resumed", "extended"}`` -> ``(run folder, metrics or exit code, stderr)``."""
-    from digitpairs.training.resume_args import resume_arguments
-    from digitpairs.training.task import train
+    from digitpairs.training.checkpoints.resume_command import resume_arguments
+    from digitpairs.training.run import train
 
     tmp = tmp_path_factory.mktemp("use")
     out = {}
@@ -107,8 +107,8 @@ def test_resume_is_exact(runs):
 
 
 def test_resume_longer_keeps_the_lr_schedule_and_warns_about_changed_keys(runs, tmp_path, caplog):
-    from digitpairs.training.resume_args import resume_arguments
-    from digitpairs.training.task import train
+    from digitpairs.training.checkpoints.resume_command import resume_arguments
+    from digitpairs.training.run import train
 
     ckpt = runs["full"][0] / "checkpoints" / "last.ckpt"
     args = resume_arguments([f"ckpt_path={ckpt}", "trainer.max_epochs=7", "optim.lr2=0.01"])
@@ -119,7 +119,7 @@ def test_resume_longer_keeps_the_lr_schedule_and_warns_about_changed_keys(runs, 
     warnings = [
         r.getMessage()
         for r in caplog.records
-        if r.levelno == logging.WARNING and r.name == "digitpairs.training.resume"
+        if r.levelno == logging.WARNING and r.name == "digitpairs.training.checkpoints.resume"
     ]
     assert any(w.startswith("resume: optim.lr2 differs from the checkpoint: 0.001 -> 0.01") for w in warnings), warnings
     assert any("trainer.max_epochs 6 -> 7" in w and "lr schedule stays" in w for w in warnings), warnings
@@ -129,8 +129,8 @@ def test_resume_longer_keeps_the_lr_schedule_and_warns_about_changed_keys(runs, 
 def test_resume_longer_one_cycle_holds_its_last_lr(tmp_path):
     """A one-cycle checkpoint (optim=sgd_onecycle, as recipe=beyond) resumed with more epochs
     trains on at the schedule's last lr; OneCycleLR alone raises past its planned steps."""
-    from digitpairs.training.resume_args import resume_arguments
-    from digitpairs.training.task import train
+    from digitpairs.training.checkpoints.resume_command import resume_arguments
+    from digitpairs.training.run import train
 
     first = base()[1:] + ["model=digit_classifier", "optim=sgd_onecycle", "trainer.max_epochs=2"]
     done = train(compose_config(first, tmp_path / "two"))
@@ -143,7 +143,7 @@ def test_resume_longer_one_cycle_holds_its_last_lr(tmp_path):
 
 
 def test_plus_ckpt_path_is_not_ignored():
-    from digitpairs.training.resume_args import resume_arguments
+    from digitpairs.training.checkpoints.resume_command import resume_arguments
 
     assert resume_arguments(["seed=1"]) == ["seed=1"]
     with pytest.raises(Exception) as info:
@@ -152,8 +152,8 @@ def test_plus_ckpt_path_is_not_ignored():
 
 
 def test_resume_from_another_model_is_one_line(runs, tmp_path, capsys):
-    from digitpairs.training.resume_args import resume_arguments
-    from digitpairs.training.task import run
+    from digitpairs.training.checkpoints.resume_command import resume_arguments
+    from digitpairs.training.run import run
 
     ckpt = runs["full"][0] / "checkpoints" / "last.ckpt"
     cfg = compose_config(resume_arguments([f"ckpt_path={ckpt}", "model=convnet"]), tmp_path / "run")

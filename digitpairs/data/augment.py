@@ -3,7 +3,7 @@
 Each digit of each pair gets its own draw of a rotation, a scale and a shift: kornia's
 ``RandomAffine`` (``kornia.augmentation``, per-sample parameters, bilinear warp of the
 whole batch in one call). It costs 2.2-4.1 ms per batch of 100 pairs on one CPU
-thread here, 5-9 % of a step of the best model (``benchmarks/augment_cost.py``).
+thread here, 5-9 % of a step of the best model (``benchmarks/speed/augment_cost.py``).
 """
 
 from __future__ import annotations

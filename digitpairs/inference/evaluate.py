@@ -23,8 +23,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from digitpairs.training import checkpoint as ckpt_io
-from digitpairs.training.task import MAX_SEED
+from digitpairs.training.checkpoints import store as ckpt_io
+from digitpairs.utils.config import MAX_SEED
 from digitpairs.utils.errors import ConfigError, one_line_config_errors, one_line_errors, require_number
 from digitpairs.utils.io import project_path, write_json
 
@@ -266,7 +266,7 @@ def evaluate(cfg: DictConfig) -> list[dict[str, Any]]:
         ConfigError: bad input (a missing or foreign checkpoint, an empty folder, a bad
             source, seed or pair count), before any evaluation.
     """
-    from digitpairs.training.runtime import configure_cpu, quiet_lightning_console
+    from digitpairs.training.process_settings import configure_cpu, quiet_lightning_console
 
     if cfg.get("ckpt_path") in (None, ""):
         raise ConfigError("ckpt_path", None, "a checkpoint file, a run folder or a sweep folder (ckpt_path=<path>)")

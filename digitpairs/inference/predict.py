@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from digitpairs.data import downsample
-from digitpairs.training import checkpoint as ckpt_io
+from digitpairs.training.checkpoints import store as ckpt_io
 from digitpairs.utils.errors import ConfigError
 
 INK = 0.1  # share of the brightest pixel that counts as ink, for the bounding box
@@ -221,7 +221,7 @@ def human_line(r: dict[str, Any]) -> str:
 
 def load_model(path: str):
     """``(model, mean, std)`` of a checkpoint, every part checked
-    (:func:`digitpairs.training.checkpoint.load`, then its normalisation and weights); bad
+    (:func:`digitpairs.training.checkpoints.store.load`, then its normalisation and weights); bad
     input names the ``checkpoint`` argument."""
     ckpt = ckpt_io.load(path, key="checkpoint")
     mean, std = ckpt_io.normalisation(ckpt, key="checkpoint", value=path)

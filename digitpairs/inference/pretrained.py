@@ -93,7 +93,7 @@ def export(sweep_dir: Path, out_dir: Path = PRETRAINED_DIR) -> list[Path]:
 
     import torch
 
-    from digitpairs.training import checkpoint as ckpt_io
+    from digitpairs.training.checkpoints import store as ckpt_io
     from digitpairs.utils.io import atomic_write, write_json
 
     written = []

@@ -24,7 +24,7 @@ convolutional stages         a run of ``Conv2d``, ``BatchNorm2d``, pooling and a
 (:class:`PackedStage`)       in an ``nn.Sequential`` (through its ``Flatten``): ``loop``
                              runs each run's own layers on its rows (on the CPU each run's
                              activations then stay in cache: 1.1-1.2x faster per run than
-                             one big tensor, ``benchmarks/fleet_speed.py``); ``grouped``
+                             one big tensor, ``benchmarks/speed/fleet_speed.py``); ``grouped``
                              moves the runs into channels, ``(B, K * C, H, W)``, and runs
                              grouped convolutions (``groups=K``) and one BatchNorm (few
                              kernels: for GPUs)

@@ -237,7 +237,7 @@ def check_network_packs(cfg) -> str | None:
     import torch
 
     from digitpairs.models.packed import NotPackable, pack
-    from digitpairs.training.task import instantiate_checked
+    from digitpairs.training.run import instantiate_checked
 
     try:
         with torch.random.fork_rng(devices=[]):

@@ -28,10 +28,11 @@ import math
 from pathlib import Path
 from typing import Any
 
+from digitpairs.utils.config import MAX_SEED
+
 STATUSES = ("ok", "failed", "invalid", "killed")  # what a run or a launcher writes as a job's status
 RULES = ("comparator", "argmax", "prob")  # decision rules of models with digit heads (digitpairs.models.rules)
 SPLITS = ("train", "val", "test")
-MAX_SEED = 2**32 - 1  # seeds are 32-bit (NumPy's)
 
 
 class BadRecord(ValueError):

@@ -40,7 +40,7 @@ from digitpairs.utils.errors import ConfigError, one_line_errors, require_number
 
 log = logging.getLogger(__name__)
 
-# loss weight -> the loss terms it weighs (digitpairs.models.base.PairModule.loss_terms)
+# loss weight -> the loss terms it weighs (digitpairs.models.pair_module.PairModule.loss_terms)
 LOSS_WEIGHTS = {"loss.gamma": ("main",), "loss.alpha": ("digit1", "digit2")}
 OUTCOMES = ("ok", "failed", "invalid", "killed", "missing")  # metrics.json's status
 

@@ -12,7 +12,7 @@ Files written into the sweep folder:
   **validation** accuracy, averaged over seeds. The test set never takes part.
 - ``best_overrides.txt``: per model, the best configuration as a ready override line.
 
-The Hydra callback :class:`~digitpairs.sweeps.callback.SweepSummary` writes them at the
+The Hydra callback :class:`~digitpairs.sweeps.sweep_end.SweepSummary` writes them at the
 end of every multirun; ``python -m digitpairs.sweeps.summary <sweep folder>`` (re)writes
 them by hand; every file is written whole or not at all, once every job has been read.
 This module imports neither torch nor Lightning.

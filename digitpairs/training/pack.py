@@ -2,11 +2,11 @@
 
 :func:`train_pack` is what the fleet launcher (:mod:`digitpairs.sweeps.fleet`) runs in each
 pack's process. Each run is built exactly as a solo run builds it
-(:func:`digitpairs.training.task.build`: its checks, its seed, its pairs and validation
+(:func:`digitpairs.training.run.build`: its checks, its seed, its pairs and validation
 split, its initial weights, its TensorBoard logger and its callbacks); then
 :class:`PackModule` trains the ``K`` runs' networks as one (:func:`digitpairs.models.packed.pack`)
 under one Lightning ``Trainer``, and each run is tested and recorded by the solo code
-(:func:`digitpairs.training.task.test_and_record`) with its own ``Trainer``.
+(:func:`digitpairs.training.run.test_and_record`) with its own ``Trainer``.
 
 Each run stays its own run:
 
@@ -46,9 +46,9 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from digitpairs.models.base import EVAL_PREFIX, diverged_message
 from digitpairs.models.packed import PackedDropout, pack
-from digitpairs.training.checkpoint import DATA_STATE_KEY, KEY
+from digitpairs.models.pair_module import EVAL_PREFIX, diverged_message
+from digitpairs.training.checkpoints.store import DATA_STATE_KEY, KEY
 from digitpairs.utils.errors import ConfigError
 from digitpairs.utils.io import atomic_write
 
@@ -148,7 +148,7 @@ class RunRandomState:
         return self.generators[device]
 
     def globals(self) -> dict[str, Any]:
-        """The states as :func:`digitpairs.training.resume.rng_state` takes them."""
+        """The states as :func:`digitpairs.training.checkpoints.resume.rng_state` takes them."""
         return {"torch": self.torch, "numpy": self.numpy, "python": self.python}
 
 
@@ -426,7 +426,7 @@ class PackModule(L.LightningModule):
 
     def fail(self, run: Run, message: str) -> None:
         """Record ``run`` as failed (its ``metrics.json``, at once), freeze it, go on without it."""
-        from digitpairs.training.task import failure_record, write_record
+        from digitpairs.training.run import failure_record, write_record
         from digitpairs.utils.errors import RunFailed
 
         record, _ = failure_record(run.cfg, RunFailed(message), run.start)
@@ -474,7 +474,7 @@ class PackModule(L.LightningModule):
         """Write ``run``'s ``checkpoints/last.ckpt``, an ordinary solo checkpoint of this moment
         of training (the pack's loops, the run's weights, optimiser, schedule, data state,
         history and random state), atomically."""
-        from digitpairs.training.resume import LastCheckpoint, rng_state
+        from digitpairs.training.checkpoints.resume import LastCheckpoint, rng_state
 
         base = self.trainer._checkpoint_connector.dump_checkpoint(weights_only=True)
         opt = self.trainer.optimizers[0].optimizers[run.index]
@@ -522,12 +522,12 @@ class PackCheckpoint(Checkpoint):
 
 def build_run(index: int, cfg: DictConfig) -> Run:
     """Build run ``index`` of a pack exactly as a solo run is built
-    (:func:`digitpairs.training.task.build`, its HPARAMS row), and keep its random state.
+    (:func:`digitpairs.training.run.build`, its HPARAMS row), and keep its random state.
 
     Raises:
         ConfigError: bad input.
     """
-    from digitpairs.training.task import build, start_session
+    from digitpairs.training.run import build, start_session
 
     start = time.perf_counter()
     with for_run(index):
@@ -540,7 +540,7 @@ def build_run(index: int, cfg: DictConfig) -> Run:
 def pack_trainer(cfg: DictConfig, every: list[int]) -> L.Trainer:
     """The pack's Lightning ``Trainer``, from the first run's ``trainer`` config (the runs
     share it): no logger (each run has its own), no progress bar, the runs' checkpoints."""
-    from digitpairs.training.task import instantiate_checked
+    from digitpairs.training.run import instantiate_checked
 
     return instantiate_checked(
         cfg.trainer,
@@ -560,7 +560,7 @@ def train_pack(cfgs: list[DictConfig], report: Callable[[int, dict[str, Any]], N
     run that diverges is recorded ``failed`` and frozen; an error of the whole pack records
     every run still training as ``failed`` with it.
     """
-    from digitpairs.training.task import failure_record, test_and_record, write_record
+    from digitpairs.training.run import failure_record, test_and_record, write_record
 
     runs: list[Run] = []
     for k, cfg in enumerate(cfgs):

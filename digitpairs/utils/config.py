@@ -15,6 +15,11 @@ from digitpairs.utils.errors import ConfigError
 from digitpairs.utils.io import LOCK_FILE, PROJECT_ROOT, FolderInUse, FolderLock, storage_reason
 
 CONF_DIR = PROJECT_ROOT / "conf"
+# The ranges of keys that every run checks (digitpairs.training.run.check_config) and that a
+# checkpoint's or a record's values are checked against.
+MAX_SEED = 2**32 - 1  # seed_everything seeds NumPy, whose seeds are 32-bit
+MAX_THREADS = 1024
+MAX_EPOCHS = 100_000
 
 
 def config_groups(conf_dir: Path = CONF_DIR) -> set[str]:

@@ -25,7 +25,7 @@ from hydra.plugins.launcher import Launcher
 @dataclass
 class FleetLauncherConf:
     """``hydra/launcher=fleet``: see :mod:`digitpairs.sweeps.fleet`. The defaults were chosen by
-    ``benchmarks/fleet_speed.py`` and the study timed both ways (docs/speed.md)."""
+    ``benchmarks/speed/fleet_speed.py`` and the study timed both ways (docs/speed.md)."""
 
     _target_: str = "hydra_plugins.digitpairs_fleet.FleetLauncher"
     pack: int = 8

@@ -15,7 +15,7 @@ differs from ``hydra_submitit_launcher``'s ``SlurmLauncher`` (1.2) in four ways:
    in the launching process: it is recorded in its job folder as status ``killed`` (or
    ``failed``) with SLURM's state, so Hydra's ``on_multirun_end`` runs and
    ``summary.csv``, ``ranking.csv`` and ``best_overrides.txt`` are written; the sweep
-   then exits 1 with one line (:class:`digitpairs.sweeps.callback.SweepSummary`).
+   then exits 1 with one line (:class:`digitpairs.sweeps.sweep_end.SweepSummary`).
 3. Jobs run without the progress bar (``trainer.enable_progress_bar=false`` unless the
    command line sets it), so their logs under ``.submitit/`` hold no bar refreshes.
 4. Ctrl-C while waiting writes the summary of the jobs finished so far and says how to

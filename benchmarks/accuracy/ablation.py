@@ -3,9 +3,9 @@
 Every row is a 15-seed sweep on the study's protocol (MNIST 60,000/10,000, the default data),
 trained on all 1000 training pairs and scored on 1000 fresh test pairs per seed::
 
-    python benchmarks/ablation.py --commands        # print the command of every row
-    python benchmarks/ablation.py --run ROW         # run one row's sweep (ROW: its number)
-    python benchmarks/ablation.py                   # print the table from the sweep folders
+    python benchmarks/accuracy/ablation.py --commands        # print the command of every row
+    python benchmarks/accuracy/ablation.py --run ROW         # run one row's sweep (ROW: its number)
+    python benchmarks/accuracy/ablation.py                   # print the table from the sweep folders
 
 The table gives per row: mean ± sample std of test accuracy over the seeds, the Welch
 two-sided p against the row above (``digitpairs.sweeps.report.welch``), the mean digit accuracy
@@ -27,7 +27,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from digitpairs.sweeps.report import welch  # noqa: E402

@@ -29,8 +29,8 @@ from typing import Any
 
 import lightning as L
 
-from digitpairs.training.checkpoint import save
-from digitpairs.training.resume import resume_command
+from digitpairs.training.checkpoints.resume import resume_command
+from digitpairs.training.checkpoints.store import save
 from digitpairs.utils.errors import JobInterrupted
 
 

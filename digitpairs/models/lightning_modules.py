@@ -1,4 +1,4 @@
-"""The pair models: one thin ``LightningModule`` per model over :class:`~digitpairs.models.base.PairModule`.
+"""The pair models: one thin ``LightningModule`` per model over :class:`~digitpairs.models.pair_module.PairModule`.
 
 =========== ====================== ===================================================
 model=      class                  training loss
@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from digitpairs.models.base import PairModule
 from digitpairs.models.nets import TRUNKS, ConvNet, TwoBranchNet, make_trunk
+from digitpairs.models.pair_module import PairModule
 from digitpairs.models.rules import RULES, rule_logits
 from digitpairs.models.scatter import N_CLASSES, ScatterPCA, ScatterSVM
 from digitpairs.utils.errors import ConfigError, require_choice, require_number

@@ -11,9 +11,9 @@ from typing import Any
 
 from hydra.experimental.callback import Callback
 
+from digitpairs.sweeps.hparams_table import write_sweep_experiment
 from digitpairs.sweeps.report import build_report
 from digitpairs.sweeps.summary import unwritable, write_summary
-from digitpairs.training.tboard import write_sweep_experiment
 from digitpairs.utils.errors import exit_with
 
 

@@ -1,8 +1,8 @@
 """Training speed of a fleet's pack against its runs one after another, per training step.
 
-    python benchmarks/fleet_speed.py                         # ws_aux, K = 1, 2, 4, 8, 16, one thread
-    python benchmarks/fleet_speed.py --models ws_aux convnet recipe=beyond --packs 1 8 --epochs 3
-    python benchmarks/fleet_speed.py --accelerator gpu       # on a GPU (strategy grouped)
+    python benchmarks/speed/fleet_speed.py                         # ws_aux, K = 1, 2, 4, 8, 16, one thread
+    python benchmarks/speed/fleet_speed.py --models ws_aux convnet recipe=beyond --packs 1 8 --epochs 3
+    python benchmarks/speed/fleet_speed.py --accelerator gpu       # on a GPU (strategy grouped)
 
 For each model and each K, the same K runs (seeds 0..K-1, the study's data: 1000 training
 pairs, batches of 100) are built as ``train.py`` builds them, then their training epochs
@@ -16,7 +16,7 @@ way only:
 
 It prints milliseconds per training step of one run (a batch of 100 pairs: forward,
 backward, update) for each way, their ratio, and the medians over ``--repeats``. Building
-runs, data and tests are not timed here; ``benchmarks/fleet_vs_joblib.py`` times whole
+runs, data and tests are not timed here; ``benchmarks/speed/fleet_vs_joblib.py`` times whole
 sweeps. ``--profile`` also prints, per model and K, the share of a pack's time spent in
 convolutions (forward and backward, torch's profiler), the part that packing cannot shrink.
 """
@@ -32,7 +32,7 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
@@ -80,7 +80,7 @@ def configs(model: str, k: int, epochs: int, accelerator: str, tmp: Path) -> lis
 
 def time_solo(cfgs) -> float:
     """Seconds of ``trainer.fit`` of each run, one after the other (built untimed)."""
-    from digitpairs.training.task import build
+    from digitpairs.training.run import build
 
     total = 0.0
     for cfg in cfgs:

@@ -1,10 +1,10 @@
 """What saving ``checkpoints/last.ckpt`` every epoch costs, as a share of a run's training time.
 
-    python benchmarks/checkpoint_cost.py                         # ws_aux and convnet, 20 epochs, 1 thread
-    python benchmarks/checkpoint_cost.py --models ws_aux --epochs 50 --every 1 5
+    python benchmarks/speed/checkpoint_cost.py                         # ws_aux and convnet, 20 epochs, 1 thread
+    python benchmarks/speed/checkpoint_cost.py --models ws_aux --epochs 50 --every 1 5
 
 Each run is the study's setting (``experiment=study``: no validation split, the test
-curve every 5 epochs) built by ``digitpairs.training.task.build`` as ``train.py`` builds it. The
+curve every 5 epochs) built by ``digitpairs.training.run.build`` as ``train.py`` builds it. The
 time spent inside ``LastCheckpoint.save`` (serialise, write a temp file, rename) is
 summed and divided by the time of ``trainer.fit``. It prints one line per model and
 ``checkpoint_every`` value. The bound is 2 %.
@@ -18,7 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
@@ -27,8 +27,8 @@ def measure(model: str, epochs: int, every: int, threads: int, out_dir: str) -> 
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from digitpairs.training.resume import LastCheckpoint
-    from digitpairs.training.task import build
+    from digitpairs.training.checkpoints.resume import LastCheckpoint
+    from digitpairs.training.run import build
     from digitpairs.utils.config import CONF_DIR, register_resolvers
 
     register_resolvers()

@@ -1,16 +1,16 @@
 """A whole sweep two ways on one machine, one after the other: the fleet launcher against
 one job per process (joblib), with their wall times and test figures side by side.
 
-    python benchmarks/fleet_vs_joblib.py                          # make study, both ways
-    python benchmarks/fleet_vs_joblib.py --experiments study grid beyond
-    python benchmarks/fleet_vs_joblib.py --accelerator gpu        # on a GPU: solo runs vs the fleet
-    python benchmarks/fleet_vs_joblib.py --epochs 5 --seeds 4     # a quick look
+    python benchmarks/speed/fleet_vs_joblib.py                          # make study, both ways
+    python benchmarks/speed/fleet_vs_joblib.py --experiments study grid beyond
+    python benchmarks/speed/fleet_vs_joblib.py --accelerator gpu        # on a GPU: solo runs vs the fleet
+    python benchmarks/speed/fleet_vs_joblib.py --epochs 5 --seeds 4     # a quick look
 
 Each way is ``train.py -m experiment=<name>`` with the overrides a user would give:
 
   joblib  ``hydra/launcher=joblib hydra.launcher.n_jobs=<cores> threads=1`` (on a GPU:
           ``n_jobs=2``, the solo runs on the device);
-  fleet   ``hydra/launcher=fleet`` with what ``python -m digitpairs.sweeps.plan`` picks.
+  fleet   ``hydra/launcher=fleet`` with what ``python -m digitpairs.sweeps.launcher_plan`` picks.
 
 The two ways run in turn (fleet first for the first experiment, then alternating, so that a
 slow spell of the machine does not land on one way only). For each it prints the wall time
@@ -31,12 +31,12 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
 def launchers(accelerator: str, cores: int) -> dict[str, list[str]]:
-    from digitpairs.sweeps.plan import plan
+    from digitpairs.sweeps.launcher_plan import plan
 
     gpu = accelerator == "gpu"
     fleet = plan(cores=cores, cuda=gpu, amx_bf16=False).split()

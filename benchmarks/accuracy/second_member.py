@@ -3,11 +3,11 @@
 The sweep that chooses it trains ``recipe=beyond`` (or ``beyond_svm``) with its member on
 the 800 fit pairs of each of 15 seeds (the default 20 % validation split)::
 
-    python benchmarks/second_member.py --command                    # print the sweep's command
-    python benchmarks/second_member.py --command --seeds 31-45      # a fresh sample of seeds
-    python benchmarks/second_member.py SWEEP [SWEEP ...]            # the table, from their checkpoints
-    python benchmarks/second_member.py SWEEP --refit-pca 100,120/4,6   # an affine space member refitted
-    python benchmarks/second_member.py SWEEP --baseline BASE          # SWEEP against BASE, paired by seed
+    python benchmarks/accuracy/second_member.py --command                    # print the sweep's command
+    python benchmarks/accuracy/second_member.py --command --seeds 31-45      # a fresh sample of seeds
+    python benchmarks/accuracy/second_member.py SWEEP [SWEEP ...]            # the table, from their checkpoints
+    python benchmarks/accuracy/second_member.py SWEEP --refit-pca 100,120/4,6   # an affine space member refitted
+    python benchmarks/accuracy/second_member.py SWEEP --baseline BASE          # SWEEP against BASE, paired by seed
 
 For every job the script rebuilds its validation pairs from the job's own config, reads
 the CNN members' digit probabilities (with their test-time views) and the second member's, and scores
@@ -33,12 +33,12 @@ from pathlib import Path
 
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from digitpairs.models.modules import mixture  # noqa: E402
+from digitpairs.models.lightning_modules import mixture  # noqa: E402
 from digitpairs.models.rules import decide  # noqa: E402
-from digitpairs.training import checkpoint as ckpt_io  # noqa: E402
+from digitpairs.training.checkpoints import store as ckpt_io  # noqa: E402
 
 COMMAND = (
     "python train.py -m recipe={recipe} 'seed=range({first},{stop})' hydra/launcher=joblib "

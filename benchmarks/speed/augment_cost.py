@@ -10,8 +10,8 @@ The project prefers a well-kept library for the per-sample warp unless it costs 
 and prints the augmentation's share of an augmented step. Medians of ``--repeats`` timings
 of ``--steps`` steps each, after a warm-up::
 
-    python benchmarks/augment_cost.py                       # ws_aux and the best model (recipe=beyond)
-    python benchmarks/augment_cost.py --models "model=ws_aux" "recipe=beyond"
+    python benchmarks/speed/augment_cost.py                       # ws_aux and the best model (recipe=beyond)
+    python benchmarks/speed/augment_cost.py --models "model=ws_aux" "recipe=beyond"
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 
@@ -52,7 +52,7 @@ def main() -> None:
     from hydra.utils import instantiate
 
     from digitpairs.data.augment import RandomDigitAffine
-    from digitpairs.training.runtime import configure_cpu
+    from digitpairs.training.process_settings import configure_cpu
     from digitpairs.utils.config import CONF_DIR, register_resolvers
 
     configure_cpu(1, True, True)

@@ -1,7 +1,7 @@
 """``PairModule``: the LightningModule base that every pair model shares.
 
 It holds metrics, evaluation, the optimiser and lr schedule, logging, ensembles and
-test-time views; one thin subclass per model (:mod:`digitpairs.models.modules`) builds
+test-time views; one thin subclass per model (:mod:`digitpairs.models.lightning_modules`) builds
 its network and its loss.
 
 Ensembles (``model.members=K``, not in the study): ``K`` networks of the model, each with
@@ -204,7 +204,7 @@ class PairModule(L.LightningModule):
         self, x: torch.Tensor, logits: torch.Tensor, digit_logits: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The run's own last step of :meth:`forward`, after the networks (the identity here;
-        :class:`~digitpairs.models.modules.DigitClassifierModule` mixes in its second member)."""
+        :class:`~digitpairs.models.lightning_modules.DigitClassifierModule` mixes in its second member)."""
         return logits, digit_logits
 
     def _members(self, net: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

@@ -1,9 +1,9 @@
 """The grid search against an Optuna search at the same number of runs and at half of them,
 then the point each one chose, tested over 15 seeds as the study tests a model.
 
-    python benchmarks/search_vs_grid.py                        # all of it for ws_aux, into outputs/search_vs_grid
-    python benchmarks/search_vs_grid.py --out outputs/search_vs_grid   # again: finished steps are read, not rerun
-    python benchmarks/search_vs_grid.py --grid G --search S --no-test  # the table of two given sweep folders
+    python benchmarks/accuracy/search_vs_grid.py           # all of it for ws_aux, into outputs/search_vs_grid
+    python benchmarks/accuracy/search_vs_grid.py --out outputs/search_vs_grid     # again: finished steps are read
+    python benchmarks/accuracy/search_vs_grid.py --grid G --search S --no-test    # the table of two given sweeps
 
 The steps, each one ``train.py`` command whose sweep folder lands in ``--out`` (a step
 whose folder already holds a ``summary.csv`` is read instead of run):
@@ -17,7 +17,7 @@ whose folder already holds a ``summary.csv`` is read instead of run):
    grid's best point, Optuna's best at equal runs and Optuna's best at half (one run when
    both are the same trial): trained on all 1000 pairs, tested on 1000 test pairs.
 
-Every command gets the launcher of ``python -m digitpairs.sweeps.plan`` (``--launcher``
+Every command gets the launcher of ``python -m digitpairs.sweeps.launcher_plan`` (``--launcher``
 replaces it) and the extra overrides given after the options (``trainer.max_epochs=1
 data.n_pairs=300``: a quick look). The table (Markdown) is printed and written to
 ``<out>/table.md``: per row the runs, the best mean validation accuracy over the seeds
@@ -38,7 +38,7 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 SEARCHED = ("optim.lr1", "optim.lr2", "loss.alpha", "loss.gamma")
@@ -163,10 +163,10 @@ def main() -> None:
     )
     parser.add_argument("--test-seeds", type=int, default=15, help="seeds of each chosen point's test (default 15)")
     parser.add_argument("--no-test", action="store_true", help="only the searches: no 15-seed tests")
-    parser.add_argument("--launcher", help="launcher overrides (default: python -m digitpairs.sweeps.plan's)")
+    parser.add_argument("--launcher", help="launcher overrides (default: python -m digitpairs.sweeps.launcher_plan's)")
     parser.add_argument("overrides", nargs="*", help="extra overrides for every command, e.g. trainer.max_epochs=1")
     args = parser.parse_args()
-    from digitpairs.sweeps.plan import plan
+    from digitpairs.sweeps.launcher_plan import plan
 
     launcher = shlex.split(args.launcher) if args.launcher is not None else plan().split()
     extra = [*launcher, *args.overrides]

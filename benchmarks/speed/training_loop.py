@@ -1,20 +1,20 @@
 """Training speed, three ways side by side, in one process.
 
-    python benchmarks/speed.py                      # ws_aux, ws, convnet; 1 thread and all cores
-    python benchmarks/speed.py --models ws_aux --threads 1 --epochs 10 --repeats 5 --json out.json
+    python benchmarks/speed/training_loop.py                      # ws_aux, ws, convnet; 1 thread and all cores
+    python benchmarks/speed/training_loop.py --models ws_aux --threads 1 --epochs 10 --repeats 5 --json out.json
 
 For each model, the same 1000 training pairs (real digits, normalised, in memory), the
 same epochs and the same torch threads are timed three ways:
 
   (a) lightning  the project's training as train.py runs it: the Hydra config composed
-                 with the compose API, then digitpairs.training.task.build() -> trainer.fit()
+                 with the compose API, then digitpairs.training.run.build() -> trainer.fit()
                  (loggers off and no validation, so the timed part does no disk I/O);
   (b) bare NCHW  a plain PyTorch loop as the recipe is usually written: NCHW tensors,
                  DataLoader(TensorDataset, batch_size=100, shuffle=True);
   (c) bare fast  a plain loop with the optimisations that (a) uses: channels-last
                  convolutions, whole batches cut from in-memory tensors, denormal
                  floats flushed to zero, glibc malloc keeping freed memory
-                 (digitpairs/training/runtime.py).
+                 (digitpairs/training/process_settings.py).
 
 Each is warmed up for one epoch, then timed ``--repeats`` times over ``--epochs``
 epochs, the three ways taking turns (a, b, c, a, b, c, ...) so that a slow spell of the
@@ -35,7 +35,7 @@ import time
 import warnings
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
@@ -89,7 +89,7 @@ def set_malloc(keep: bool) -> None:
     """glibc malloc: keep freed memory (as the project does) or glibc's defaults."""
     import ctypes
 
-    from digitpairs.training.runtime import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, keep_freed_memory
+    from digitpairs.training.process_settings import _M_MMAP_THRESHOLD, _M_TRIM_THRESHOLD, keep_freed_memory
 
     if keep:
         keep_freed_memory()
@@ -141,13 +141,13 @@ def _bare_loop(model: str, data: tuple, epochs: int, fast: bool, seed: int):
 
 def lightning_fit(model: str, epochs: int):
     """The project's training as train.py builds it: the Hydra config, then
-    ``digitpairs.training.task.build`` (checks, data, model, Trainer). Returns ``prepare(n)``,
+    ``digitpairs.training.run.build`` (checks, data, model, Trainer). Returns ``prepare(n)``,
     which builds all that for ``n`` epochs and returns the call to time,
     ``trainer.fit`` (a fresh model each time)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from digitpairs.training.task import build
+    from digitpairs.training.run import build
     from digitpairs.utils.config import CONF_DIR, register_resolvers
 
     register_resolvers()

@@ -1,7 +1,8 @@
 """Print the launcher overrides that run a sweep fastest on the machine that runs it.
 
-    python -m digitpairs.sweeps.plan        # e.g. "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
-    python -m digitpairs.sweeps.plan hydra/launcher=digitpairs_slurm hydra.launcher.cpus_per_task=2   # "threads=2"
+    python -m digitpairs.sweeps.launcher_plan        # e.g. "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
+    python -m digitpairs.sweeps.launcher_plan hydra/launcher=digitpairs_slurm hydra.launcher.cpus_per_task=2
+    # prints "threads=2"
 
 Used by ``make study``, ``make grid`` and ``make beyond``, which pass it their ``ARGS``;
 override there with ``make study PLAN="..."`` (``PLAN="hydra/launcher=joblib
@@ -14,14 +15,14 @@ never a precision (a cluster's nodes may differ from the machine that submits th
   of a sweep that differ only in seed, learning rates or loss weights train side by side,
   8 to a packed network, one pack per core with one torch thread each (1.2-1.4x less time
   per training step than the same runs one by one on a 2-core CPU,
-  ``benchmarks/fleet_speed.py``; whole sweeps: docs/speed.md). The networks are tiny, and
+  ``benchmarks/speed/fleet_speed.py``; whole sweeps: docs/speed.md). The networks are tiny, and
   two 1-thread processes gave 1.4x the throughput of one 2-thread process here.
 - On a CPU with AMX-BF16 (Intel Sapphire Rapids and later) and no GPU: bf16 mixed
   precision, ~10% faster per job here. It changes numerics; over the 15-run study
   here the means stayed within noise (README, Speed). Elsewhere: 32-bit floats.
 - With a CUDA device, packs of up to 64 runs train on it (``trainer.accelerator=auto``),
   two at a time so that their kernels overlap; that setting is a guess, not yet measured
-  on a GPU (``benchmarks/fleet_speed.py --accelerator gpu`` measures it).
+  on a GPU (``benchmarks/speed/fleet_speed.py --accelerator gpu`` measures it).
 """
 
 from __future__ import annotations

@@ -6,6 +6,9 @@ import math
 
 import lightning as L
 
+TRAIN_HISTORY = ("train/loss", "train/loss_main", "train/acc", "lr")  # per epoch, into metrics.json
+EVAL_HISTORY = ("val/acc", "curve/test_acc")  # per validation epoch
+
 
 class EpochHistory(L.Callback):
     """Record epoch-level metrics, one value per epoch, for ``metrics.json`` and the curves.
@@ -110,9 +113,7 @@ class EpochLog(L.Callback):
             series = self.history.history.get(key, [])
             if len(series) >= done and not math.isnan(series[done - 1]):
                 parts.append(f"{key} {fmt.format(series[done - 1])}")
-        logging.getLogger("digitpairs.training.task").info(
-            "epoch %d/%d: %s", done, trainer.max_epochs, ", ".join(parts)
-        )
+        logging.getLogger("digitpairs.training.run").info("epoch %d/%d: %s", done, trainer.max_epochs, ", ".join(parts))
 
     on_train_epoch_start = _log
     on_train_end = _log

@@ -1,7 +1,7 @@
 """Process-wide CPU settings that make these tiny networks train faster.
 
 They change no result beyond float rounding at the 1e-38 level (denormals), and each
-was measured with ``benchmarks/speed.py`` and A/B runs on a 2-core x86 machine:
+was measured with ``benchmarks/speed/training_loop.py`` and A/B runs on a 2-core x86 machine:
 
 - one torch thread per process when a sweep runs one job per core (two 1-thread
   processes gave 1.4x the throughput of one 2-thread process);

@@ -63,7 +63,7 @@ def _check_against_config(overrides: list[str], path: str) -> None:
 
 
 def ckpt_io_expected() -> str:
-    from digitpairs.training.checkpoint import EXPECTED
+    from digitpairs.training.checkpoints.store import EXPECTED
 
     return EXPECTED
 
@@ -113,13 +113,13 @@ def resume_arguments(argv: list[str]) -> list[str]:
     ``ckpt_path`` (or with ``ckpt_path=null``) ``argv`` is returned unchanged.
 
     A checkpoint is data: only overrides that
-    :func:`~digitpairs.training.checkpoint.override_problem` accepts, and whose keys the
+    :func:`~digitpairs.training.checkpoints.store.override_problem` accepts, and whose keys the
     project's composed config has, are applied again; anything else refuses the
     checkpoint, before anything it names is imported or called.
 
     The checkpoint is checked whole before Hydra composes anything: its integrity and
-    values (:func:`~digitpairs.training.checkpoint.load`), that it can resume a run
-    (:func:`~digitpairs.training.resume.check_resumable`: a shipped model cannot), and that
+    values (:func:`~digitpairs.training.checkpoints.store.load`), that it can resume a run
+    (:func:`~digitpairs.training.checkpoints.resume.check_resumable`: a shipped model cannot), and that
     its weights and optimiser state fit the model its hyperparameters build.
 
     Raises:
@@ -134,8 +134,8 @@ def resume_arguments(argv: list[str]) -> list[str]:
     if raw in ("", "null", "None"):
         return [a for a in argv if a not in found]
     value = ckpt_path_value(raw)
-    from digitpairs.training import checkpoint as ckpt_io
-    from digitpairs.training.resume import check_fits, check_resumable
+    from digitpairs.training.checkpoints import store as ckpt_io
+    from digitpairs.training.checkpoints.resume import check_fits, check_resumable
 
     ckpt = ckpt_io.load(value, check_class=False)  # its integrity, its values and its recorded overrides
     check_resumable(ckpt, value=value)  # a run's checkpoint (not a shipped model's, not another program's)

@@ -7,9 +7,10 @@
   of our ``Dropout`` layers), the run's command-line overrides, ``trainer.max_epochs``,
   the model choice and the precision. On Ctrl-C it prints one line with the epoch
   reached and the exact command that resumes the run.
-- :func:`digitpairs.training.resume_args.resume_arguments` turns ``python train.py ckpt_path=<ckpt> [keys]`` into the
-  checkpoint's own overrides plus the user's keys, so the run continues with its own
-  seed, source and recipe (see :mod:`digitpairs.training.checkpoint` for the checks).
+- :func:`digitpairs.training.checkpoints.resume_command.resume_arguments` turns
+  ``python train.py ckpt_path=<ckpt> [keys]`` into the checkpoint's own overrides plus
+  the user's keys, so the run continues with its own seed, source and recipe (see
+  :mod:`digitpairs.training.checkpoints.store` for the checks).
 - :func:`compare_hparams` gives one warning line per key that differs from the checkpoint.
 
 ``python train.py ckpt_path=<run>/checkpoints/last.ckpt`` then calls
@@ -32,8 +33,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
-from digitpairs.training import checkpoint as ckpt_io
-from digitpairs.training.checkpoint import KEY
+from digitpairs.training.checkpoints import store as ckpt_io
+from digitpairs.training.checkpoints.store import KEY
 from digitpairs.utils.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ def _history_problem(callbacks: Any, epochs: int) -> str | None:
     """Why the callbacks' state of a checkpoint cannot continue its run's history, or None:
     ``EpochHistory`` holds known keys, each a list of at most ``epochs`` numbers, and an
     epoch count in [0, epochs]."""
-    from digitpairs.training.task import EVAL_HISTORY, TRAIN_HISTORY
+    from digitpairs.training.history import EVAL_HISTORY, TRAIN_HISTORY
 
     if not isinstance(callbacks, dict):
         return "its callbacks' state is not a mapping"

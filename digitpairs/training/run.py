@@ -23,6 +23,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from digitpairs.models.rules import RULES
+from digitpairs.training.history import EVAL_HISTORY, TRAIN_HISTORY
+from digitpairs.utils.config import MAX_EPOCHS, MAX_SEED, MAX_THREADS
 from digitpairs.utils.errors import (
     ConfigError,
     JobInterrupted,
@@ -53,11 +55,6 @@ HPARAM_KEYS = (
     "trainer.precision",
     "model.literal_softmax",
 )
-MAX_SEED = 2**32 - 1  # seed_everything seeds NumPy, whose seeds are 32-bit
-MAX_THREADS = 1024
-MAX_EPOCHS = 100_000
-TRAIN_HISTORY = ("train/loss", "train/loss_main", "train/acc", "lr")  # per epoch, into metrics.json
-EVAL_HISTORY = ("val/acc", "curve/test_acc")
 
 
 def command_overrides(cfg: DictConfig) -> list[str]:
@@ -193,10 +190,10 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     """
     import lightning as L
 
-    from digitpairs.models.modules import check_training_data
-    from digitpairs.training.callbacks import EpochHistory, EpochLog
-    from digitpairs.training.resume import LastCheckpoint
-    from digitpairs.training.runtime import configure_cpu, quiet_lightning_console
+    from digitpairs.models.lightning_modules import check_training_data
+    from digitpairs.training.checkpoints.resume import LastCheckpoint
+    from digitpairs.training.history import EpochHistory, EpochLog
+    from digitpairs.training.process_settings import configure_cpu, quiet_lightning_console
 
     check_config(cfg)
     quiet_lightning_console(quiet)
@@ -207,10 +204,10 @@ def build(cfg: DictConfig, loggers: bool = True, quiet: bool = False):
     datamodule.setup()
     check_training_data(model, datamodule)  # the classes a model needs, before any training
     history = EpochHistory(TRAIN_HISTORY, EVAL_HISTORY)
-    from digitpairs.training.checkpoint import override_problem
+    from digitpairs.training.checkpoints.store import override_problem
 
     own = [o for o in command_overrides(cfg) if not o.lstrip("+~").startswith("ckpt_path=")]
-    run_info = {  # stored in every checkpoint, for resuming (digitpairs.training.resume_args)
+    run_info = {  # stored in every checkpoint, for resuming (digitpairs.training.checkpoints.resume_command)
         "overrides": [o for o in own if override_problem(o) is None],  # what a resume may apply again
         "not_replayed": [o for o in own if override_problem(o) is not None],  # shown on resume, never applied
         "max_epochs": cfg.trainer.max_epochs,
@@ -268,14 +265,14 @@ def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
     """
     import lightning  # noqa: F401  - imported before the clock starts: paid once per process
 
-    from digitpairs.training.resume import LastCheckpoint
+    from digitpairs.training.checkpoints.resume import LastCheckpoint
 
     start = time.perf_counter()  # the job's wall time, without the once-per-process imports
     datamodule, model, trainer, history = build(cfg, quiet=multirun)
     hp = start_session(cfg, datamodule, trainer, multirun)
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
-        from digitpairs.training.resume import check_resume
+        from digitpairs.training.checkpoints.resume import check_resume
 
         check_resume(cfg, model, datamodule)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -309,7 +306,7 @@ def test_and_record(
     return the record.
 
     Args:
-        history: the run's :class:`~digitpairs.training.callbacks.EpochHistory`.
+        history: the run's :class:`~digitpairs.training.history.EpochHistory`.
         hp: the run's hyperparameters (:func:`start_session`).
         start: ``time.perf_counter()`` when the run started (its wall time is measured from it).
         epochs: the epochs it trained.

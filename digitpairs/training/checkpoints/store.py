@@ -4,7 +4,7 @@ Shared by ``train.py ckpt_path=...`` (resume), ``evaluate.py`` and ``predict.py`
 checkpoint is what ``trainer.save_checkpoint`` writes in a run (``checkpoints/last.ckpt``):
 the model's ``state_dict`` and ``hyper_parameters``, the data module's
 ``hyper_parameters`` (seed, source, sizes) and state (the training pixels' mean and std),
-and, from :class:`digitpairs.training.resume.LastCheckpoint`, a ``"digitpairs"`` entry with the
+and, from :class:`digitpairs.training.checkpoints.resume.LastCheckpoint`, a ``"digitpairs"`` entry with the
 model class, the run's overrides, ``max_epochs``, precision and random state.
 """
 
@@ -410,8 +410,7 @@ def info(ckpt: dict[str, Any], key: str = "ckpt_path", value: str = "?") -> dict
     Raises:
         ConfigError: a value out of its set or range.
     """
-    from digitpairs.training.task import MAX_EPOCHS, MAX_SEED
-    from digitpairs.utils.config import group_options
+    from digitpairs.utils.config import MAX_EPOCHS, MAX_SEED, group_options
 
     parts = {name: ckpt.get(name) for name in (KEY, "datamodule_hyper_parameters", DATA_STATE_KEY)}
     for name, part in parts.items():
