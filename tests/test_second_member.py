@@ -321,7 +321,7 @@ def test_the_member_leaves_the_networks_as_they_are(tmp_path):
 
 
 def test_the_paired_table_subtracts_the_baseline_seed_by_seed(monkeypatch):
-    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "benchmarks"))
+    monkeypatch.syspath_prepend(str(PROJECT_ROOT / "benchmarks" / "accuracy"))
     from second_member import paired_table
 
     def rows(digit_errors, pair_errors):  # {seed: {member: {w: (digit errors, pair errors, pairs)}}}
