@@ -214,7 +214,13 @@ def main() -> None:
                 test_dir = out / name
                 r["test_wall"] = run_step(
                     name,
-                    merged(["experiment=study"], r["point"], [f"seed=range(0,{args.test_seeds})"], extra),
+                    # the model first: a point read from a sweep whose model was the default holds none
+                    merged(
+                        ["experiment=study", f"model={args.model}"],
+                        r["point"],
+                        [f"seed=range(0,{args.test_seeds})"],
+                        extra,
+                    ),
                     test_dir,
                 )
                 tested[key] = test_dir
