@@ -91,24 +91,28 @@ def time_solo(cfgs) -> float:
     return total
 
 
-def time_pack(cfgs, strategy: str) -> float:
-    """Seconds of one ``trainer.fit`` of the runs packed (built untimed)."""
+def time_pack(cfgs, strategy: str, during=None) -> float:
+    """Seconds of one ``trainer.fit`` of the runs packed (built untimed), inside the context
+    manager ``during`` if given."""
+    from contextlib import nullcontext
+
     from digitpairs.training.pack import PackModule, build_run, pack_trainer
 
     runs = [build_run(i, cfg) for i, cfg in enumerate(cfgs)]
     module = PackModule(runs, strategy)
     trainer = pack_trainer(cfgs[0], [cfg.checkpoint_every for cfg in cfgs])
-    t = time.perf_counter()
-    trainer.fit(module)
-    return time.perf_counter() - t
+    with during or nullcontext():
+        t = time.perf_counter()
+        trainer.fit(module)
+        return time.perf_counter() - t
 
 
 def conv_share(cfgs, strategy: str) -> float:
     """The share of a pack's ``trainer.fit`` self CPU time spent in convolutions."""
     from torch.profiler import profile
 
-    with profile() as prof:
-        time_pack(cfgs, strategy)
+    prof = profile()
+    time_pack(cfgs, strategy, during=prof)
     events = prof.key_averages()
     total = sum(e.self_cpu_time_total for e in events)
     conv = sum(e.self_cpu_time_total for e in events if "convolution" in e.key)
