@@ -47,6 +47,7 @@ NOT_RUN = {  # command start -> why it is not run here
     "python benchmarks/speed/training_loop.py": "a benchmark of minutes (make bench)",
     "python benchmarks/speed/fleet_speed.py": "a benchmark of minutes (tests/test_fleet.py runs it in a short form)",
     "python benchmarks/speed/fleet_vs_joblib.py": "two whole sweeps",
+    "python benchmarks/speed/fleet_settings.py": "a whole sweep per setting",
     "python benchmarks/speed/augment_cost.py": "a benchmark of a minute (tests/test_beyond.py runs it in a short form)",
     "python benchmarks/accuracy/ablation.py --run": "trains a 15-seed sweep",
     "python benchmarks/accuracy/second_member.py": "reads a 15-seed sweep (tests/test_second_member.py: a short run)",
