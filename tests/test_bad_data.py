@@ -194,6 +194,7 @@ def test_torchvision_files_get_the_same_checks(t10k, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_label_out_of_range_through_train_py(tmp_path):
     """The whole repository set, one training label byte set to 12: refused at once, exit 2."""
     root = tmp_path / "mnist"

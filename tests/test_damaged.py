@@ -252,6 +252,7 @@ def foreign(folder: Path) -> Path:
     return folder / "other.ckpt"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["shipped", "foreign"])
 def test_train_py_refuses_what_cannot_resume_at_once(which, tmp_path):
     ckpt = PROJECT_ROOT / "pretrained" / "ws_aux" / "model.ckpt" if which == "shipped" else foreign(tmp_path)

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 
+import pytest
 from conftest import PROJECT_ROOT
 
 
@@ -15,6 +16,7 @@ def demo(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
 
 
+@pytest.mark.slow
 def test_a_port_in_use_is_one_line():
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -26,6 +28,7 @@ def test_a_port_in_use_is_one_line():
     assert r.stderr == f"error: {expected}\n"
 
 
+@pytest.mark.slow
 def test_a_bad_cache_age_is_one_line():
     r = demo("--cache-age", "0")
     expected = "error: --cache-age=0 is not allowed: expected seconds in 1..86400\n"

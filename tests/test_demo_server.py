@@ -30,6 +30,8 @@ from digitpairs.inference.demo import QUEUE_SIZE, LocalOnly
 if importlib.util.find_spec("gradio") is None:
     pytest.skip("no gradio: `make test-demo` installs the demo extra and runs these tests", allow_module_level=True)
 
+pytestmark = pytest.mark.slow  # each test starts the demo server
+
 EXAMPLES = PROJECT_ROOT / "examples"
 FIRST_UPLOAD = 4  # the page's event "the first upload changed" (fn_index): it runs the model
 BURST = 40

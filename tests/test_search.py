@@ -281,6 +281,7 @@ def test_a_killed_search_leaves_failed_trials_and_keeps_finished_jobs(tmp_path):
     assert study[-1].state.name == "COMPLETE" and study[-1].user_attrs["sweep_dir"] == str(second)
 
 
+@pytest.mark.slow
 def test_a_continuation_with_other_overrides_is_refused(tmp_path):
     import optuna
 
