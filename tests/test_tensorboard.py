@@ -77,6 +77,18 @@ def served_sweep(tmp_path_factory):
         server.wait(timeout=20)
 
 
+def test_each_runs_hparams_yaml_holds_its_hyperparameters(served_sweep):
+    import yaml
+
+    _, sweep_dir, _ = served_sweep
+    files = sorted(sweep_dir.glob("*/*/seed=*/hparams.yaml"))
+    assert len(files) == 4
+    for f in files:
+        hp = yaml.safe_load(f.read_text())
+        assert (hp["model_name"], hp["seed"]) == (f.parent.parent.name, int(f.parent.name.split("=")[1]))
+        assert (hp["optim.lr1"], hp["loss.alpha"], hp["trainer.max_epochs"]) == (0.09, 0.75, 2)
+
+
 def test_runs_are_named_by_job_model_and_seed(served_sweep):
     base, sweep_dir, _ = served_sweep
     runs = get(f"{base}/data/runs")

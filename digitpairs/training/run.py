@@ -251,6 +251,7 @@ def _log_session(
         if isinstance(lg, TensorBoardLogger):
             name = Path(os.path.relpath(lg.log_dir, out_dir.parent if multirun else out_dir)).as_posix()
             log_session(lg.experiment, hp, name, metrics, override_keys(overrides), experiment=not multirun)
+            lg.hparams.update(hp)  # the logger's hparams.yaml (Lightning writes it when the run ends)
 
 
 def train(cfg: DictConfig, multirun: bool = False) -> dict[str, Any]:
