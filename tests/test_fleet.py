@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from digitpairs.sweeps.fleet import Job, check_params, plan_tasks, signature, split
+from digitpairs.sweeps.fleet import Job, check_params, pack_overrides, plan_tasks, signature, split
 from digitpairs.utils.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +54,12 @@ def test_jobs_differing_in_per_run_keys_share_a_pack_and_others_do_not():
     assert a == signature(["model=ws_aux", "seed=7", "optim.lr1=0.09", "loss.alpha=1.0"])
     assert a != signature(["model=ws", "seed=0", "optim.lr1=0.05", "loss.alpha=0.5"])
     assert a != signature(["model=ws_aux", "seed=0", "optim.lr1=0.05", "loss.alpha=0.5", "data.augment=affine"])
+
+
+def test_a_packs_log_line_names_what_its_runs_share_and_what_varies():
+    jobs = [["model=ws", "seed=0", "optim.lr1=0.1"], ["model=ws", "seed=1", "optim.lr1=0.1"], ["seed=2", "model=ws"]]
+    per_run = [["seed=0", "optim.lr1=0.1"], ["seed=1", "optim.lr1=0.1"], ["seed=2"]]
+    assert pack_overrides(jobs) == (["model=ws"], per_run)
 
 
 def test_packs_are_even_and_fill_every_process():
@@ -150,7 +156,9 @@ def test_fleet_runs_match_their_solo_runs_and_their_folders_read_as_solo(tmp_pat
     args = ["model=ws_aux", "seed=0,1", *TINY]
     out = fleet(args, tmp_path / "sweep")
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "fleet: 2 jobs: 1 packs (2 runs) and 0 solo runs" in out.stdout + out.stderr
+    assert "fleet: 2 jobs: 1 pack (2 runs) and 0 solo runs" in out.stdout + out.stderr
+    assert "(jobs 0,1): model=ws_aux " in out.stdout + out.stderr
+    assert "; per run: seed=0 | seed=1" in out.stdout + out.stderr  # what varies, run by run
     assert [r["status"] for r in rows(tmp_path / "sweep")] == ["ok", "ok"]
     job = tmp_path / "sweep" / "001"
     assert sorted(p.name for p in (job / ".hydra").iterdir()) == ["config.yaml", "hydra.yaml", "overrides.yaml"]
@@ -186,7 +194,7 @@ def test_a_diverging_run_fails_alone(tmp_path):
     args = ["model=ws_aux", "seed=0", "optim.lr1=0.05,1e9,0.09", *TINY]
     out = fleet(args, tmp_path / "sweep")
     assert out.returncode == 1
-    assert "fleet: 3 jobs: 1 packs (3 runs)" in out.stdout + out.stderr
+    assert "fleet: 3 jobs: 1 pack (3 runs)" in out.stdout + out.stderr
     assert (
         out.stderr.strip().splitlines()[-1].startswith("error: 1 of 3 jobs failed (job 001: run failed: train/loss is")
     )

@@ -179,7 +179,7 @@ def test_a_search_then_its_continuation_on_the_fleet(tmp_path):
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert "4 trials so far (4 finished, 0 failed); this search adds 2" in out.stdout
-    assert "fleet: 4 jobs: 1 packs (4 runs) and 0 solo runs" in out.stdout  # the batch: one pack
+    assert "fleet: 4 jobs: 1 pack (4 runs) and 0 solo runs" in out.stdout  # the batch: one pack
     study = trials(db)
     assert [t.state.name for t in study] == ["COMPLETE"] * 6  # earlier trials count
     assert job_folders(second) == ["000", "001", "002", "003"]  # each sweep folder holds its own jobs

@@ -289,11 +289,13 @@ def _train_pack(task: Task, sweep_configs, cfgs, hydra_context, task_function, s
     for sweep_config in sweep_configs:
         HydraConfig.instance().set_config(sweep_config)
         callbacks.on_job_start(config=sweep_config, task_function=task_function)
+    shared, per_run = pack_overrides([job.overrides for job in task.jobs])
     log.info(
-        "fleet: a pack of %d runs (jobs %s): %s",
+        "fleet: a pack of %d runs (jobs %s): %s; per run: %s",
         len(task.jobs),
         ",".join(str(j.idx) for j in task.jobs),
-        " ".join(task.jobs[0].overrides),
+        " ".join(shared),
+        " | ".join(" ".join(o) or "-" for o in per_run),
     )
 
     def report(k: int, record: dict[str, Any]) -> None:
@@ -305,6 +307,17 @@ def _train_pack(task: Task, sweep_configs, cfgs, hydra_context, task_function, s
         send(job, record)
 
     train_pack(cfgs, report, strategy)
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def pack_overrides(overrides: Sequence[Sequence[str]]) -> tuple[list[str], list[list[str]]]:
+    """The overrides that every job of a pack shares, in the first job's order, and each
+    job's others (what varies between its runs): ``(shared, per_run)``."""
+    shared = [o for o in overrides[0] if all(o in job for job in overrides[1:])]
+    return shared, [[o for o in job if o not in shared] for job in overrides]
 
 
 def _read_record(job_dir: Path | None) -> dict[str, Any] | None:
@@ -436,11 +449,11 @@ def launch(launcher, job_overrides: Sequence[Sequence[str]], initial_job_idx: in
     packs = [t for t in tasks if not t.solo]
     solo = [t for t in tasks if t.solo]
     log.info(
-        "fleet: %d jobs: %d packs (%s runs) and %d solo runs, %d processes at a time; sweep folder %s",
-        len(jobs),
-        len(packs),
+        "fleet: %s: %s (%s runs) and %s, at most %d at a time; sweep folder %s",
+        _count(len(jobs), "job"),
+        _count(len(packs), "pack"),
         "+".join(str(len(t.jobs)) for t in packs) or "0",
-        len(solo),
+        _count(len(solo), "solo run"),
         n_jobs,
         sweep_dir,
     )

@@ -61,9 +61,12 @@ def group_runs(rows: list[dict[str, Any]]) -> dict[str, list[dict[str, Any]]]:
     return dict(sorted(groups.items(), key=lambda kv: (order.get(kv[1][0]["model"], 99), kv[0])))
 
 
-def describe(values: list[float]) -> dict[str, float]:
+def describe(values: list[float], bounds: tuple[float, float] = (0.0, 100.0)) -> dict[str, float]:
     """Summary statistics of accuracies in %: n, mean, sample std, 95% CI of the mean
-    (Student t with n-1 degrees of freedom), min, median, max. ``nan`` where undefined."""
+    (Student t with n-1 degrees of freedom), min, median, max. ``nan`` where undefined.
+
+    The CI is cut to ``bounds``, the values' possible range (0-100 %): with few runs the
+    t interval is wide, and an accuracy above 100 % is no possible mean."""
     from scipy import stats
 
     n = len(values)
@@ -74,8 +77,8 @@ def describe(values: list[float]) -> dict[str, float]:
         "n": n,
         "mean": mean,
         "std": std,
-        "ci_low": mean - half,
-        "ci_high": mean + half,
+        "ci_low": max(bounds[0], mean - half) if n > 1 else math.nan,
+        "ci_high": min(bounds[1], mean + half) if n > 1 else math.nan,
         "min": min(values),
         "median": statistics.median(values),
         "max": max(values),
