@@ -211,6 +211,8 @@ def test_describe_statistics():
     assert d["mean"] == pytest.approx(81.0) and d["std"] == pytest.approx(1.0)
     assert d["ci_high"] - d["mean"] == pytest.approx(4.302653 * 1.0 / math.sqrt(3), rel=1e-5)  # t(0.975, 2)
     assert (d["min"], d["median"], d["max"]) == (80.0, 81.0, 82.0)
+    wide = describe([60.0, 99.0])  # two runs: t(0.975, 1) = 12.7, a half-width of 247 pp
+    assert (wide["ci_low"], wide["ci_high"]) == (0.0, 100.0)
 
 
 def test_ranking_uses_validation_not_test():
@@ -315,7 +317,13 @@ def test_launch_plan():
     from digitpairs.sweeps.launcher_plan import plan
 
     assert plan(cores=2, cuda=False, amx_bf16=False) == "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
-    assert plan(cores=2, cuda=False, amx_bf16=True).endswith(" trainer.precision=bf16-mixed")
+    assert plan(cores=2, cuda=False, amx_bf16=True) == (
+        "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1 trainer.precision=bf16-mixed"
+        " hydra.launcher.strategy=grouped"
+    )
+    assert plan(cores=2, cuda=False, amx_bf16=True, args=["hydra.launcher.strategy=loop"]).endswith(
+        " trainer.precision=bf16-mixed"
+    )  # a strategy in the arguments is not repeated
     assert (
         plan(cores=16, cuda=True, amx_bf16=True)
         == "hydra/launcher=fleet hydra.launcher.n_jobs=2 hydra.launcher.pack=64 threads=8"

@@ -60,7 +60,7 @@ def compose(overrides: list[str], out: Path):
     return cfg
 
 
-def configs(model: str, k: int, epochs: int, accelerator: str, tmp: Path) -> list:
+def configs(model: str, k: int, epochs: int, accelerator: str, tmp: Path, precision: str = "32-true") -> list:
     choice = [model] if "=" in model else [f"model={model}"]
     common = [
         *choice,
@@ -68,6 +68,7 @@ def configs(model: str, k: int, epochs: int, accelerator: str, tmp: Path) -> lis
         "data.test_curve=false",
         f"trainer.max_epochs={epochs}",
         f"trainer.accelerator={accelerator}",
+        f"trainer.precision={precision}",
         "trainer.enable_progress_bar=false",
         "trainer.enable_model_summary=false",
         "logger=none",
@@ -127,6 +128,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--accelerator", default="cpu")
+    parser.add_argument("--precision", default="32-true", help="trainer.precision (bf16-mixed: AMX CPUs, GPUs)")
     parser.add_argument("--strategy", default="auto", choices=["auto", "loop", "grouped"])
     parser.add_argument("--json", type=Path, help="also write the table here")
     parser.add_argument("--profile", action="store_true", help="also print the convolutions' share of a pack's time")
@@ -138,15 +140,18 @@ def main() -> None:
 
     steps_per_epoch = 10  # 1000 training pairs, batches of 100
     device = torch.cuda.get_device_name() if args.accelerator == "gpu" else "CPU"
-    print(f"device: {device}, torch {torch.__version__}, {args.threads} thread(s), {args.epochs} epochs per timing")
+    print(
+        f"device: {device}, torch {torch.__version__}, {args.threads} thread(s), {args.precision}, "
+        f"strategy {args.strategy}, {args.epochs} epochs per timing"
+    )
     print("| model | K | solo (ms per run-step) | pack (ms per run-step) | pack vs solo |")
     print("|---|---|---|---|---|")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for model in args.models:
             for k in args.packs:
-                cfgs = configs(model, k, args.epochs, args.accelerator, Path(tmp))
-                time_pack(configs(model, k, 1, args.accelerator, Path(tmp)), args.strategy)  # warm-up
+                cfgs = configs(model, k, args.epochs, args.accelerator, Path(tmp), args.precision)
+                time_pack(configs(model, k, 1, args.accelerator, Path(tmp), args.precision), args.strategy)  # warm-up
                 solo, packed = [], []
                 for _ in range(args.repeats):
                     solo.append(time_solo(cfgs))

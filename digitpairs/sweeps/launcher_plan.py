@@ -18,8 +18,10 @@ never a precision (a cluster's nodes may differ from the machine that submits th
   ``benchmarks/speed/fleet_speed.py``; whole sweeps: docs/speed.md). The networks are tiny, and
   two 1-thread processes gave 1.4x the throughput of one 2-thread process here.
 - On a CPU with AMX-BF16 (Intel Sapphire Rapids and later) and no GPU: bf16 mixed
-  precision, ~10% faster per job here. It changes numerics; over the 15-run study
-  here the means stayed within noise (README, Speed). Elsewhere: 32-bit floats.
+  precision and grouped convolutions in the packs (``hydra.launcher.strategy=grouped``):
+  ``make study`` took 80-85 s against 120 s in 32-bit floats on the fleet and 139 s on
+  joblib, and each model's 15-run mean stayed within noise (docs/speed.md). Elsewhere:
+  32-bit floats, and each run's convolutions one after another (the fleet's ``auto``).
 - With a CUDA device, packs of up to 64 runs train on it (``trainer.accelerator=auto``),
   two at a time so that their kernels overlap; that setting is a guess, not yet measured
   on a GPU (``benchmarks/speed/fleet_speed.py --accelerator gpu`` measures it).
@@ -86,6 +88,8 @@ def plan(
         line += f" threads={threads}"
     if amx_bf16 and not cuda and _value(args, "trainer.precision") is None:
         line += " trainer.precision=bf16-mixed"
+        if _value(args, "hydra.launcher.strategy") is None:
+            line += " hydra.launcher.strategy=grouped"
     return line
 
 
