@@ -49,7 +49,10 @@ clean:  ## remove run outputs and caches (keeps .venv)
 	rm -rf outputs/runs outputs/multirun .pytest_cache
 	find . -name __pycache__ -prune -exec rm -rf {} +
 
-PLAN ?= $(shell $(PY) -m digitpairs.sweeps.launcher_plan $(ARGS) 2>/dev/null)
+PLAN ?= $(shell $(PY) -m digitpairs.sweeps.launcher_plan $(PLAN_FOR) $(ARGS) 2>/dev/null)
+study: PLAN_FOR = experiment=study
+grid: PLAN_FOR = experiment=grid
+beyond: PLAN_FOR = experiment=beyond
 
 grid: install  ## the study's grid search for one model on the validation split (MODEL=ws_aux)
 	$(PY) train.py -m experiment=grid model=$(or $(MODEL),ws_aux) $(PLAN) $(ARGS)

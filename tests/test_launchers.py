@@ -135,6 +135,23 @@ def test_make_study_passes_args_to_the_plan():
     assert "joblib" not in line and "n_jobs" not in line and " threads=1 " in line and line.endswith(args)
 
 
+@pytest.mark.parametrize("target", ["study", "grid", "beyond"])
+def test_make_tells_the_plan_its_sweep(target, tmp_path):
+    """make study/grid/beyond pass their experiment= to the plan, which adds bf16 for the study only."""
+    fake = tmp_path / "python"  # prints its arguments: what make passes to the plan
+    fake.write_text('#!/bin/sh\nif [ "$1" = -m ]; then echo "plan: $*"; fi\n')
+    fake.chmod(0o755)
+    out = subprocess.run(
+        ["make", "--no-print-directory", "-n", "-o", ".venv/.install-stamp", target, f"PY={fake}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert f"plan: -m digitpairs.sweeps.launcher_plan experiment={target}" in out.stdout
+
+
 @pytest.mark.slow
 def test_warning_signal_mid_training_saves_a_checkpoint_and_records_killed(tmp_path):
     """SLURM's warning (USR2), sent by the test to a run that trains: it finishes its

@@ -317,13 +317,19 @@ def test_launch_plan():
     from digitpairs.sweeps.launcher_plan import plan
 
     assert plan(cores=2, cuda=False, amx_bf16=False) == "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
-    assert plan(cores=2, cuda=False, amx_bf16=True) == (
+    study = ["experiment=study"]
+    assert plan(cores=2, cuda=False, amx_bf16=True, args=study) == (
         "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1 trainer.precision=bf16-mixed"
         " hydra.launcher.strategy=grouped"
     )
-    assert plan(cores=2, cuda=False, amx_bf16=True, args=["hydra.launcher.strategy=loop"]).endswith(
+    assert plan(cores=2, cuda=False, amx_bf16=True, args=[*study, "hydra.launcher.strategy=loop"]).endswith(
         " trainer.precision=bf16-mixed"
     )  # a strategy in the arguments is not repeated
+    for unmeasured in ([], ["experiment=grid"], ["experiment=beyond"], ["hparams_search=optuna"]):
+        # bf16 only for the sweep whose accuracy was measured in it
+        assert plan(cores=2, cuda=False, amx_bf16=True, args=unmeasured) == (
+            "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
+        )
     assert (
         plan(cores=16, cuda=True, amx_bf16=True)
         == "hydra/launcher=fleet hydra.launcher.n_jobs=2 hydra.launcher.pack=64 threads=8"

@@ -4,7 +4,8 @@
     python -m digitpairs.sweeps.launcher_plan hydra/launcher=digitpairs_slurm hydra.launcher.cpus_per_task=2
     # prints "threads=2"
 
-Used by ``make study``, ``make grid`` and ``make beyond``, which pass it their ``ARGS``;
+Used by ``make study``, ``make grid`` and ``make beyond``, which pass it their sweep
+(``experiment=study``, ``grid``, ``beyond``) and their ``ARGS``;
 override there with ``make study PLAN="..."`` (``PLAN="hydra/launcher=joblib
 hydra.launcher.n_jobs=2 threads=1"``: one job at a time per process). A launcher chosen
 in the arguments (``hydra/launcher=...``) is respected: the plan then adds only
@@ -17,11 +18,14 @@ never a precision (a cluster's nodes may differ from the machine that submits th
   per training step than the same runs one by one on a 2-core CPU,
   ``benchmarks/speed/fleet_speed.py``; whole sweeps: docs/speed.md). The networks are tiny, and
   two 1-thread processes gave 1.4x the throughput of one 2-thread process here.
-- On a CPU with AMX-BF16 (Intel Sapphire Rapids and later) and no GPU: bf16 mixed
-  precision and grouped convolutions in the packs (``hydra.launcher.strategy=grouped``):
-  ``make study`` took 80-85 s against 120 s in 32-bit floats on the fleet and 139 s on
-  joblib, and each model's 15-run mean stayed within noise (docs/speed.md). Elsewhere:
-  32-bit floats, and each run's convolutions one after another (the fleet's ``auto``).
+- On a CPU with AMX-BF16 (Intel Sapphire Rapids and later) and no GPU, for
+  ``experiment=study`` only (``make study``): bf16 mixed precision and grouped
+  convolutions in the packs (``hydra.launcher.strategy=grouped``). ``make study`` took
+  80-85 s against 120 s in 32-bit floats on the fleet and 139 s on joblib, and each
+  model's 15-run mean stayed within noise (docs/speed.md). The grid and ``recipe=beyond``
+  have not been measured in bf16, so ``make grid`` and ``make beyond`` keep 32-bit floats.
+  Elsewhere: 32-bit floats, and each run's convolutions one after another (the fleet's
+  ``auto``).
 - With a CUDA device, packs of up to 64 runs train on it (``trainer.accelerator=auto``),
   two at a time so that their kernels overlap; that setting is a guess, not yet measured
   on a GPU (``benchmarks/speed/fleet_speed.py --accelerator gpu`` measures it).
@@ -32,6 +36,10 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+
+BF16_MEASURED = {"study"}
+"""The ``experiment=`` sweeps whose 15-seed test means were measured in bf16 mixed precision
+on a CPU with AMX-BF16 and found within noise of 32-bit floats (docs/speed.md)."""
 
 
 def cpu_has_amx_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -62,7 +70,9 @@ def plan(
         cores: CPU cores to use (default: those this process may run on).
         cuda: whether an NVIDIA GPU is present (default: look for its driver; importing
             torch to ask would cost ~3 s of every ``make study``).
-        amx_bf16: whether the CPU has AMX-BF16 (default: read ``/proc/cpuinfo``).
+        amx_bf16: whether the CPU has AMX-BF16 (default: read ``/proc/cpuinfo``); bf16 is
+            added only where ``args`` hold ``experiment=study``, the one sweep whose
+            accuracy was measured in bf16 (:data:`BF16_MEASURED`).
     """
     args = list(args or [])
     launcher = _value(args, "hydra/launcher")
@@ -86,7 +96,8 @@ def plan(
         line += " hydra.launcher.pack=64"
     if _value(args, "threads") is None:
         line += f" threads={threads}"
-    if amx_bf16 and not cuda and _value(args, "trainer.precision") is None:
+    bf16 = amx_bf16 and not cuda and _value(args, "experiment") in BF16_MEASURED
+    if bf16 and _value(args, "trainer.precision") is None:
         line += " trainer.precision=bf16-mixed"
         if _value(args, "hydra.launcher.strategy") is None:
             line += " hydra.launcher.strategy=grouped"
