@@ -14,7 +14,13 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from digitpairs.utils.config import check_command_line, check_group_choices, register_resolvers
+from digitpairs.utils.config import (
+    check_command_line,
+    check_group_choices,
+    check_output_dirs,
+    claim_output_dirs,
+    register_resolvers,
+)
 from digitpairs.utils.errors import one_line_errors
 
 
@@ -29,5 +35,9 @@ if __name__ == "__main__":
     register_resolvers()
     with one_line_errors():
         check_group_choices(sys.argv[1:])
-        check_command_line(sys.argv[1:], config_name="evaluate")  # Hydra's own refusals, as one line
+        check_output_dirs(sys.argv[1:])  # never into a finished run's or evaluation's folder
+        composed = check_command_line(sys.argv[1:], config_name="evaluate")  # Hydra's own refusals, as one line
+        if composed is not None and not {"-c", "--cfg", "--info", "-sc", "--shell-completion"} & set(sys.argv[1:]):
+            # the evaluation's folder: writable, and this process's alone until it ends
+            claim_output_dirs(composed, multirun=bool({"-m", "--multirun"} & set(sys.argv[1:])))
     main()

@@ -292,6 +292,83 @@ def test_a_sweep_whose_jobs_share_a_folder_is_refused_before_any_job_runs(tmp_pa
     assert listing(sweep) == [".lock", "multirun.yaml"]  # no job ran
 
 
+@pytest.mark.parametrize(
+    ("key", "value", "missing"),
+    [
+        ("hydra.run.dir", "{tmp}/${{nokey}}", "nokey"),
+        ("hydra.sweep.dir", "{tmp}/${{nokey}}", "nokey"),
+        ("hydra.sweep.subdir", "${{model.name}}", "model.name"),
+        ("hydra.sweep.subdir", "${{hydra.job.num}}_${{model.name}}", "model.name"),  # numbered, yet unresolvable
+    ],
+    ids=["run dir", "sweep dir", "subdir", "numbered subdir"],
+)
+def test_a_folder_name_that_does_not_resolve_gets_one_line_before_any_job_runs(tmp_path, key, value, missing):
+    value = value.format(tmp=tmp_path)
+    sweep = ["-m", "seed=0,1", f"hydra.sweep.dir={tmp_path / 'sweep'}"] if key != "hydra.run.dir" else []
+    out = train(*sweep, *QUICK, "trainer.max_epochs=1", f"{key}={value}")
+    assert out.returncode == 2
+    assert only_line(out.stderr) == (
+        f"error: {key}='{value}' is not allowed: expected a folder name whose interpolations resolve "
+        f"(Interpolation key '{missing}' not found)"
+    )
+    assert not list(tmp_path.rglob("metrics.json"))  # no job ran
+
+
+def evaluate(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
+    """``python evaluate.py <args>`` in the project root, its output captured."""
+    cmd = [sys.executable, "evaluate.py", *args]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("kind", ["a finished run", "a finished evaluation", "a file", "read-only", "in use"])
+def test_an_evaluation_is_refused_where_a_run_would_be(tmp_path, mounts, kind):
+    """evaluate.py writes a metrics.json too: never over a finished run's record, never a
+    traceback for a folder that cannot be written, never beside another process."""
+    folder = tmp_path / ("ro" if kind == "read-only" else "") / "run"
+    record = '{"status": "ok", "test_acc": 0.978, "seed": 0}'
+    reason = {
+        "a finished run": "a folder that holds no finished run; it holds a run with status ok (metrics.json), "
+        "which a new run would overwrite: choose another hydra.run.dir",
+        "a file": f"a folder; {folder} is a file",
+        "read-only": f"a folder that can be written (Read-only file system: {folder})",
+    }
+    reason["a finished evaluation"] = reason["a finished run"]
+    holder = None
+    if kind in ("a finished run", "a finished evaluation"):
+        folder.mkdir()
+        if kind == "a finished evaluation":
+            record = '{"ckpt_path": "ws_aux", "status": "ok", "results": []}'
+        (folder / "metrics.json").write_text(record)
+    elif kind == "a file":
+        folder.write_text("not a folder")
+    elif kind == "read-only":
+        if not mounts(folder.parent, "1m", read_only=True):
+            pytest.skip("a read-only file system needs a tmpfs mount (root)")
+    else:
+        folder.mkdir()
+        hold = [sys.executable, "-c", HOLD, str(folder)]
+        holder = subprocess.Popen(hold, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+        assert holder.stdout.readline().strip() == "held"
+    try:
+        before = listing(folder) if folder.is_dir() else None
+        out = evaluate("ckpt_path=ws_aux", f"hydra.run.dir={folder}")
+    finally:
+        if holder is not None:
+            holder.kill()
+            holder.wait()
+    assert out.returncode == 2
+    line = only_line(out.stderr)
+    if kind == "in use":
+        assert line.startswith(f"error: hydra.run.dir='{folder}' is not allowed: expected a folder that no other ")
+        assert f"process {holder.pid} holds its lock" in line
+        return
+    assert line == f"error: hydra.run.dir='{folder}' is not allowed: expected {reason[kind]}"
+    if before is not None:
+        assert listing(folder) == before  # the record is untouched
+    if kind == "a finished run":
+        assert (folder / "metrics.json").read_text() == record
+
+
 # ---- folders that cannot be written ----------------------------------------------------------
 def mount_tmpfs(folder: Path, size: str, read_only: bool = False) -> bool:
     """Mount a tmpfs of ``size`` on ``folder`` (read-only if asked); False where this

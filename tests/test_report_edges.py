@@ -67,6 +67,17 @@ def test_welch_says_why_it_has_no_answer(tmp_path):
     assert "inf" not in " ".join(" ".join(r) for r in rows.values())
 
 
+def test_the_report_s_lines_give_no_std_for_one_run(tmp_path, caplog):
+    sweep = fake_sweep(tmp_path, {"convnet": [0.4367], "ws": [0.55, 0.57]})
+    with caplog.at_level("INFO", logger="digitpairs.sweeps.report"):
+        build_report(sweep)
+    lines = [r.getMessage().split() for r in caplog.records if "test accuracy" in r.getMessage()]
+    assert lines == [
+        ["convnet", "1", "run:", "test", "accuracy", "43.67", "%"],
+        ["ws", "2", "runs:", "test", "accuracy", "56.00", "±", "1.41", "%"],
+    ]
+
+
 def test_welch_undefined_cases():
     assert welch_undefined([1.0], [1.0, 2.0]) == "one run"
     assert welch_undefined([1.0, 1.0], [2.0, 2.0]) == "no variance"

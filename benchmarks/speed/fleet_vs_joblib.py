@@ -5,12 +5,14 @@ one job per process (joblib), with their wall times and test figures side by sid
     python benchmarks/speed/fleet_vs_joblib.py --experiments study grid beyond
     python benchmarks/speed/fleet_vs_joblib.py --accelerator gpu        # on a GPU: solo runs vs the fleet
     python benchmarks/speed/fleet_vs_joblib.py --epochs 5 --seeds 4     # a quick look
+    python benchmarks/speed/fleet_vs_joblib.py --fleet-args trainer.precision=bf16-mixed hydra.launcher.strategy=grouped
 
 Each way is ``train.py -m experiment=<name>`` with the overrides a user would give:
 
   joblib  ``hydra/launcher=joblib hydra.launcher.n_jobs=<cores> threads=1`` (on a GPU:
           ``n_jobs=2``, the solo runs on the device);
-  fleet   ``hydra/launcher=fleet`` with what ``python -m digitpairs.sweeps.launcher_plan`` picks.
+  fleet   ``hydra/launcher=fleet`` with what ``python -m digitpairs.sweeps.launcher_plan`` picks
+          in 32-bit floats, plus ``--fleet-args`` (e.g. bf16 mixed precision).
 
 The two ways run in turn (fleet first for the first experiment, then alternating, so that a
 slow spell of the machine does not land on one way only). For each it prints the wall time
@@ -85,11 +87,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, help="trainer.max_epochs (default: the experiment's)")
     parser.add_argument("--seeds", type=int, help="seeds per configuration (study and beyond; default 15)")
     parser.add_argument("--keep", type=Path, help="keep the sweep folders here")
+    parser.add_argument("--fleet-args", nargs="+", default=[], help="overrides for the fleet's way only")
     args = parser.parse_args()
     from scipy import stats
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     ways = launchers(args.accelerator, cores)
+    ways["fleet"] += args.fleet_args
     extra = [f"trainer.accelerator={args.accelerator}"]
     if args.epochs:
         extra.append(f"trainer.max_epochs={args.epochs}")

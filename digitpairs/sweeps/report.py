@@ -346,7 +346,9 @@ def build_report(sweep_dir: Path, rows: list[dict[str, Any]] | None = None) -> P
     width = max(map(len, groups), default=0)
     for label, runs in groups.items():
         d = describe([100 * r["test_acc"] for r in runs])
-        log.info("  %-*s %2d runs: test accuracy %.2f ± %.2f %%", width, label, d["n"], d["mean"], d["std"])
+        spread = f" ± {d['std']:.2f}" if d["n"] > 1 else ""  # one run has no std
+        run_s = "run" if d["n"] == 1 else "runs"
+        log.info("  %-*s %2d %s: test accuracy %.2f%s %%", width, label, d["n"], run_s, d["mean"], spread)
     return path
 
 

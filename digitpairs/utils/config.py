@@ -124,6 +124,13 @@ def unwritable(key: str, folder: Path, err: BaseException) -> ConfigError:
     return ConfigError(key, str(folder), f"a folder that can be written ({reason})")
 
 
+def unresolvable(key: str, text: object, err: BaseException) -> ConfigError:
+    """The refusal of a folder name whose interpolation cannot be resolved (``${model.name}``,
+    a key no config holds), naming the interpolation's own reason."""
+    reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+    return ConfigError(key, str(text), f"a folder name whose interpolations resolve ({reason})")
+
+
 def check_output_dir(key: str, folder: Path, multirun: bool) -> None:
     """Refuse to write a run or a sweep into a folder that another process is writing to,
     that is a file, or that already holds a result. Writes nothing.
@@ -257,9 +264,19 @@ def claim_output_dirs(cfg: DictConfig, multirun: bool) -> FolderLock | None:
         the lock of a run folder, held until this process ends, or None.
 
     Raises:
-        ConfigError: the folder is in use, a file, unwritable or holds a result.
+        ConfigError: the folder is in use, a file, unwritable or holds a result, or its
+            name interpolates a key that no config holds (``${model.name}``).
     """
+    from omegaconf.errors import InterpolationKeyError
+
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+    try:
+        OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+    except InterpolationKeyError as err:  # a key that no config holds: Hydra would fail with a traceback
+        node = cfg.hydra.sweep if multirun else cfg.hydra.run
+        raise unresolvable(key, OmegaConf.to_container(node, resolve=False)["dir"], err) from None
+    except Exception:  # noqa: BLE001 - resolved by Hydra at run time (${hydra:...}, the job's number)
+        pass
     try:
         raw = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
         node = cfg.hydra.sweep if multirun else cfg.hydra.run
@@ -287,11 +304,16 @@ def job_folder(hydra_context, config: DictConfig, overrides: list[str], idx: int
         config: the sweep's config.
         overrides: the job's overrides.
         idx: its number in the sweep (``hydra.job.num``).
+
+    Raises:
+        ConfigError: ``hydra.sweep.dir`` or ``hydra.sweep.subdir`` does not resolve for
+            this job (an interpolation of a key that no config holds).
     """
     import os
 
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
+    from omegaconf.errors import InterpolationResolutionError
 
     cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
     with open_dict(cfg):
@@ -301,7 +323,12 @@ def job_folder(hydra_context, config: DictConfig, overrides: list[str], idx: int
     previous = hydra_config.cfg
     hydra_config.set_config(cfg)
     try:
-        folder = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")), str(cfg.hydra.sweep.subdir))
+        try:
+            folder = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")), str(cfg.hydra.sweep.subdir))
+        except InterpolationResolutionError as err:  # e.g. ${model.name}: no such key
+            key = "hydra.sweep.subdir" if "subdir" in str(err) else "hydra.sweep.dir"
+            text = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)[key.rsplit(".", 1)[1]]
+            raise unresolvable(key, text, err) from None
         about = {
             "model": OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None),
             "seed": OmegaConf.select(cfg, "seed", default=None),
@@ -336,9 +363,12 @@ def check_job_folders(hydra_context, config: DictConfig, jobs: list[list[str]], 
 
     Raises:
         ConfigError: naming ``hydra.sweep.subdir``, its value and the first two jobs that
-            share a folder.
+            share a folder; or a folder name that does not resolve (:func:`job_folder`).
     """
+    if not jobs:
+        return
     if len(jobs) < 2 or numbered_subdir(config, jobs):
+        job_folder(hydra_context, config, jobs[0], first_idx)  # its folder's name resolves
         return
     seen: dict[Path, int] = {}
     for i, overrides in enumerate(jobs):
