@@ -109,15 +109,18 @@ def test_killed_job_is_a_row_of_the_summary_and_finished_records_are_kept(tmp_pa
 
 def test_plan_respects_a_launcher_chosen_in_args():
     slurm = ["hydra/launcher=digitpairs_slurm", "hydra.launcher.partition=debug"]
-    assert plan(cores=2, cuda=False, amx_bf16=True, args=slurm) == "threads=1"
-    assert plan(cores=2, cuda=False, amx_bf16=True, args=[*slurm, "hydra.launcher.cpus_per_task=4"]) == "threads=4"
-    assert plan(cores=2, cuda=False, amx_bf16=True, args=[*slurm, "threads=2"]) == ""
+    assert plan(cores=2, cuda=False, amx_bf16=True, avx512_bf16=False, args=slurm) == "threads=1"
     assert (
-        plan(cores=2, cuda=False, amx_bf16=False, args=["model=ws"])
+        plan(cores=2, cuda=False, amx_bf16=True, avx512_bf16=False, args=[*slurm, "hydra.launcher.cpus_per_task=4"])
+        == "threads=4"
+    )
+    assert plan(cores=2, cuda=False, amx_bf16=True, avx512_bf16=False, args=[*slurm, "threads=2"]) == ""
+    assert (
+        plan(cores=2, cuda=False, amx_bf16=False, avx512_bf16=False, args=["model=ws"])
         == "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
     )  # no launcher chosen: the default plan
     assert (
-        plan(cores=2, cuda=False, amx_bf16=True, args=["threads=2", "trainer.precision=32-true"])
+        plan(cores=2, cuda=False, amx_bf16=True, avx512_bf16=False, args=["threads=2", "trainer.precision=32-true"])
         == "hydra/launcher=fleet hydra.launcher.n_jobs=2"
     )
 
@@ -133,6 +136,16 @@ def test_make_study_passes_args_to_the_plan():
     )
     line = next(ln for ln in out.stdout.splitlines() if "train.py -m experiment=study" in ln)
     assert "joblib" not in line and "n_jobs" not in line and " threads=1 " in line and line.endswith(args)
+
+
+def test_the_plan_reads_the_cpu_s_bf16_flags(tmp_path):
+    from digitpairs.sweeps.launcher_plan import cpu_has_flag
+
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu avx512f avx512_bf16 avx512_vnni\n")
+    assert cpu_has_flag("avx512_bf16", cpuinfo) and not cpu_has_flag("amx_bf16", cpuinfo)
+    assert not cpu_has_flag("avx512", cpuinfo)  # whole flags only
+    assert not cpu_has_flag("avx512_bf16", tmp_path / "missing")
 
 
 @pytest.mark.parametrize("target", ["study", "grid", "beyond"])

@@ -316,21 +316,31 @@ def test_submitit_local_launcher(tmp_path):
 def test_launch_plan():
     from digitpairs.sweeps.launcher_plan import plan
 
-    assert plan(cores=2, cuda=False, amx_bf16=False) == "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
+    assert (
+        plan(cores=2, cuda=False, amx_bf16=False, avx512_bf16=False)
+        == "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
+    )
     study = ["experiment=study"]
-    assert plan(cores=2, cuda=False, amx_bf16=True, args=study) == (
+    assert plan(cores=2, cuda=False, amx_bf16=True, avx512_bf16=False, args=study) == (
         "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1 trainer.precision=bf16-mixed"
         " hydra.launcher.strategy=grouped"
     )
-    assert plan(cores=2, cuda=False, amx_bf16=True, args=[*study, "hydra.launcher.strategy=loop"]).endswith(
-        " trainer.precision=bf16-mixed"
-    )  # a strategy in the arguments is not repeated
+    assert plan(
+        cores=2, cuda=False, amx_bf16=True, avx512_bf16=False, args=[*study, "hydra.launcher.strategy=loop"]
+    ).endswith(" trainer.precision=bf16-mixed")  # a strategy in the arguments is not repeated
     for unmeasured in ([], ["experiment=grid"], ["experiment=beyond"], ["hparams_search=optuna"]):
         # bf16 only for the sweep whose accuracy was measured in it
-        assert plan(cores=2, cuda=False, amx_bf16=True, args=unmeasured) == (
+        assert plan(cores=2, cuda=False, amx_bf16=True, avx512_bf16=False, args=unmeasured) == (
             "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
         )
+    # AVX512-BF16 without AMX: bf16, each run's convolutions one after another (the fleet's auto)
+    assert plan(cores=2, cuda=False, amx_bf16=False, avx512_bf16=True, args=study) == (
+        "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1 trainer.precision=bf16-mixed"
+    )
+    assert plan(cores=2, cuda=False, amx_bf16=False, avx512_bf16=True, args=["experiment=beyond"]) == (
+        "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
+    )
     assert (
-        plan(cores=16, cuda=True, amx_bf16=True)
+        plan(cores=16, cuda=True, amx_bf16=True, avx512_bf16=False)
         == "hydra/launcher=fleet hydra.launcher.n_jobs=2 hydra.launcher.pack=64 threads=8"
     )

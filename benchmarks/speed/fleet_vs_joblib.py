@@ -41,7 +41,7 @@ def launchers(accelerator: str, cores: int) -> dict[str, list[str]]:
     from digitpairs.sweeps.launcher_plan import plan
 
     gpu = accelerator == "gpu"
-    fleet = plan(cores=cores, cuda=gpu, amx_bf16=False).split()
+    fleet = plan(cores=cores, cuda=gpu, amx_bf16=False, avx512_bf16=False).split()
     joblib = [
         "hydra/launcher=joblib",
         f"hydra.launcher.n_jobs={2 if gpu else cores}",

@@ -18,14 +18,16 @@ never a precision (a cluster's nodes may differ from the machine that submits th
   per training step than the same runs one by one on a 2-core CPU,
   ``benchmarks/speed/fleet_speed.py``; whole sweeps: docs/speed.md). The networks are tiny, and
   two 1-thread processes gave 1.4x the throughput of one 2-thread process here.
-- On a CPU with AMX-BF16 (Intel Sapphire Rapids and later) and no GPU, for
-  ``experiment=study`` only (``make study``): bf16 mixed precision and grouped
-  convolutions in the packs (``hydra.launcher.strategy=grouped``). ``make study`` took
-  80-85 s against 120 s in 32-bit floats on the fleet and 139 s on joblib, and each
-  model's 15-run mean stayed within noise (docs/speed.md). The grid and ``recipe=beyond``
-  have not been measured in bf16, so ``make grid`` and ``make beyond`` keep 32-bit floats.
-  Elsewhere: 32-bit floats, and each run's convolutions one after another (the fleet's
-  ``auto``).
+- On a CPU with bf16 instructions and no GPU, for ``experiment=study`` only (``make
+  study``): bf16 mixed precision. With AMX-BF16 (Intel Sapphire Rapids and later) the
+  packs also run grouped convolutions (``hydra.launcher.strategy=grouped``): ``make study``
+  took 80-85 s against 120 s in 32-bit floats on the fleet and 139 s on joblib. With
+  AVX512-BF16 alone (AMD Zen 4 EPYC) the runs' convolutions stay one after another (the
+  fleet's ``auto``, faster there): 104 s against 128 s in 32-bit floats and 154-158 s on
+  joblib. Each model's 15-run mean stayed within noise on both (docs/speed.md). The grid
+  and ``recipe=beyond`` have not been measured in bf16, so ``make grid`` and ``make
+  beyond`` keep 32-bit floats. Elsewhere: 32-bit floats, and each run's convolutions one
+  after another.
 - With a CUDA device, packs of up to 64 runs train on it (``trainer.accelerator=auto``),
   two at a time so that their kernels overlap; that setting is a guess, not yet measured
   on a GPU (``benchmarks/speed/fleet_speed.py --accelerator gpu`` measures it).
@@ -42,10 +44,11 @@ BF16_MEASURED = {"study"}
 on a CPU with AMX-BF16 and found within noise of 32-bit floats (docs/speed.md)."""
 
 
-def cpu_has_amx_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """True if the CPU flags list ``amx_bf16`` (Linux; False where unknown)."""
+def cpu_has_flag(flag: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """True if the CPU flags list ``flag``, e.g. ``amx_bf16`` or ``avx512_bf16`` (Linux;
+    False where unknown)."""
     try:
-        return any(line.startswith("flags") and " amx_bf16" in line for line in cpuinfo.read_text().splitlines())
+        return any(line.startswith("flags") and flag in line.split() for line in cpuinfo.read_text().splitlines())
     except OSError:
         return False
 
@@ -57,7 +60,11 @@ def _value(args: list[str], key: str) -> str | None:
 
 
 def plan(
-    cores: int | None = None, cuda: bool | None = None, amx_bf16: bool | None = None, args: list[str] | None = None
+    cores: int | None = None,
+    cuda: bool | None = None,
+    amx_bf16: bool | None = None,
+    args: list[str] | None = None,
+    avx512_bf16: bool | None = None,
 ) -> str:
     """The overrides, as one line.
 
@@ -72,7 +79,9 @@ def plan(
             torch to ask would cost ~3 s of every ``make study``).
         amx_bf16: whether the CPU has AMX-BF16 (default: read ``/proc/cpuinfo``); bf16 is
             added only where ``args`` hold ``experiment=study``, the one sweep whose
-            accuracy was measured in bf16 (:data:`BF16_MEASURED`).
+            accuracy was measured in bf16 (:data:`BF16_MEASURED`), with grouped convolutions.
+        avx512_bf16: whether the CPU has AVX512-BF16 (default: read ``/proc/cpuinfo``); bf16
+            as for AMX, with the fleet's default strategy.
     """
     args = list(args or [])
     launcher = _value(args, "hydra/launcher")
@@ -85,7 +94,9 @@ def plan(
     if cuda is None:
         cuda = Path("/dev/nvidiactl").exists() or shutil.which("nvidia-smi") is not None
     if amx_bf16 is None:
-        amx_bf16 = cpu_has_amx_bf16()
+        amx_bf16 = cpu_has_flag("amx_bf16")
+    if avx512_bf16 is None:
+        avx512_bf16 = cpu_has_flag("avx512_bf16")
     jobs = min(cores, 2) if cuda else cores
     jobs = int(_value(args, "hydra.launcher.n_jobs") or jobs)
     threads = max(1, cores // jobs)
@@ -96,10 +107,10 @@ def plan(
         line += " hydra.launcher.pack=64"
     if _value(args, "threads") is None:
         line += f" threads={threads}"
-    bf16 = amx_bf16 and not cuda and _value(args, "experiment") in BF16_MEASURED
+    bf16 = (amx_bf16 or avx512_bf16) and not cuda and _value(args, "experiment") in BF16_MEASURED
     if bf16 and _value(args, "trainer.precision") is None:
         line += " trainer.precision=bf16-mixed"
-        if _value(args, "hydra.launcher.strategy") is None:
+        if amx_bf16 and _value(args, "hydra.launcher.strategy") is None:
             line += " hydra.launcher.strategy=grouped"
     return line
 
