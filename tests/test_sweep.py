@@ -328,8 +328,12 @@ def test_launch_plan():
     assert plan(
         cores=2, cuda=False, amx_bf16=True, avx512_bf16=False, args=[*study, "hydra.launcher.strategy=loop"]
     ).endswith(" trainer.precision=bf16-mixed")  # a strategy in the arguments is not repeated
-    for unmeasured in ([], ["experiment=grid"], ["experiment=beyond"], ["hparams_search=optuna"]):
-        # bf16 only for the sweep whose accuracy was measured in it
+    for measured in (["experiment=grid"], ["experiment=beyond"]):
+        assert plan(cores=2, cuda=False, amx_bf16=True, avx512_bf16=False, args=measured).endswith(
+            " trainer.precision=bf16-mixed hydra.launcher.strategy=grouped"
+        )
+    for unmeasured in ([], ["hparams_search=optuna"], ["model=ws", "seed=0,1"]):
+        # bf16 only for the sweeps whose accuracy was measured in it
         assert plan(cores=2, cuda=False, amx_bf16=True, avx512_bf16=False, args=unmeasured) == (
             "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
         )
@@ -337,7 +341,7 @@ def test_launch_plan():
     assert plan(cores=2, cuda=False, amx_bf16=False, avx512_bf16=True, args=study) == (
         "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1 trainer.precision=bf16-mixed"
     )
-    assert plan(cores=2, cuda=False, amx_bf16=False, avx512_bf16=True, args=["experiment=beyond"]) == (
+    assert plan(cores=2, cuda=False, amx_bf16=False, avx512_bf16=True, args=["hparams_search=optuna"]) == (
         "hydra/launcher=fleet hydra.launcher.n_jobs=2 threads=1"
     )
     assert (

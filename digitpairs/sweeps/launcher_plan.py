@@ -18,16 +18,17 @@ never a precision (a cluster's nodes may differ from the machine that submits th
   per training step than the same runs one by one on a 2-core CPU,
   ``benchmarks/speed/fleet_speed.py``; whole sweeps: docs/speed.md). The networks are tiny, and
   two 1-thread processes gave 1.4x the throughput of one 2-thread process here.
-- On a CPU with bf16 instructions and no GPU, for ``experiment=study`` only (``make
-  study``): bf16 mixed precision. With AMX-BF16 (Intel Sapphire Rapids and later) the
-  packs also run grouped convolutions (``hydra.launcher.strategy=grouped``): ``make study``
-  took 80-85 s against 120 s in 32-bit floats on the fleet and 139 s on joblib. With
-  AVX512-BF16 alone (AMD Zen 4 EPYC) the runs' convolutions stay one after another (the
-  fleet's ``auto``, faster there): 104 s against 128 s in 32-bit floats and 154-158 s on
-  joblib. Each model's 15-run mean stayed within noise on both (docs/speed.md). The grid
-  and ``recipe=beyond`` have not been measured in bf16, so ``make grid`` and ``make
-  beyond`` keep 32-bit floats. Elsewhere: 32-bit floats, and each run's convolutions one
-  after another.
+- On a CPU with bf16 instructions and no GPU, for ``make study``, ``make grid`` and ``make
+  beyond`` (``experiment=study``, ``grid``, ``beyond``): bf16 mixed precision. With AMX-BF16
+  (Intel Sapphire Rapids and later) the packs also run grouped convolutions
+  (``hydra.launcher.strategy=grouped``): ``make study`` took 80-85 s against 120 s in 32-bit
+  floats on the fleet and 139 s on joblib. With AVX512-BF16 alone (AMD Zen 4 EPYC) the
+  runs' convolutions stay one after another (the fleet's ``auto``, faster there): ``make
+  study`` 104 s against 128 s in 32-bit floats and 154-158 s on joblib, ``make grid`` 155 s
+  against 223 s on joblib, ``make beyond`` 273 s against 361 s. Each model's 15-run mean
+  (the grid's mean validation accuracy) stayed within noise (docs/speed.md). Other sweeps
+  (``make search``, a sweep of your own) keep 32-bit floats. Elsewhere: 32-bit floats, and
+  each run's convolutions one after another.
 - With a CUDA device, packs of up to 64 runs train on it (``trainer.accelerator=auto``),
   two at a time so that their kernels overlap; that setting is a guess, not yet measured
   on a GPU (``benchmarks/speed/fleet_speed.py --accelerator gpu`` measures it).
@@ -39,9 +40,9 @@ import os
 import shutil
 from pathlib import Path
 
-BF16_MEASURED = {"study"}
-"""The ``experiment=`` sweeps whose 15-seed test means were measured in bf16 mixed precision
-on a CPU with AMX-BF16 and found within noise of 32-bit floats (docs/speed.md)."""
+BF16_MEASURED = {"study", "grid", "beyond"}
+"""The ``experiment=`` sweeps whose means were measured in bf16 mixed precision on a CPU and
+found within noise of 32-bit floats (docs/speed.md)."""
 
 
 def cpu_has_flag(flag: str, cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
@@ -78,8 +79,8 @@ def plan(
         cuda: whether an NVIDIA GPU is present (default: look for its driver; importing
             torch to ask would cost ~3 s of every ``make study``).
         amx_bf16: whether the CPU has AMX-BF16 (default: read ``/proc/cpuinfo``); bf16 is
-            added only where ``args`` hold ``experiment=study``, the one sweep whose
-            accuracy was measured in bf16 (:data:`BF16_MEASURED`), with grouped convolutions.
+            added only where ``args`` hold an ``experiment=`` whose accuracy was
+            measured in bf16 (:data:`BF16_MEASURED`), with grouped convolutions.
         avx512_bf16: whether the CPU has AVX512-BF16 (default: read ``/proc/cpuinfo``); bf16
             as for AMX, with the fleet's default strategy.
     """
