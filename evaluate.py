@@ -18,7 +18,7 @@ from digitpairs.utils.config import (
     check_command_line,
     check_group_choices,
     check_output_dirs,
-    claim_output_dirs,
+    claim_command_line_dirs,
     register_resolvers,
 )
 from digitpairs.utils.errors import one_line_errors
@@ -37,7 +37,6 @@ if __name__ == "__main__":
         check_group_choices(sys.argv[1:])
         check_output_dirs(sys.argv[1:])  # never into a finished run's or evaluation's folder
         composed = check_command_line(sys.argv[1:], config_name="evaluate")  # Hydra's own refusals, as one line
-        if composed is not None and not {"-c", "--cfg", "--info", "-sc", "--shell-completion"} & set(sys.argv[1:]):
-            # the evaluation's folder: writable, and this process's alone until it ends
-            claim_output_dirs(composed, multirun=bool({"-m", "--multirun"} & set(sys.argv[1:])))
+        # the evaluation's folder: writable, and this process's alone until it ends
+        claim_command_line_dirs(composed, sys.argv[1:])
     main()

@@ -21,7 +21,7 @@ from digitpairs.utils.config import (
     check_command_line,
     check_group_choices,
     check_output_dirs,
-    claim_output_dirs,
+    claim_command_line_dirs,
     register_resolvers,
 )
 from digitpairs.utils.errors import one_line_errors
@@ -43,7 +43,6 @@ if __name__ == "__main__":
         check_output_dirs(sys.argv[1:])  # never a second run or sweep into a finished one's folder
         sys.argv[1:] = resume_arguments(sys.argv[1:])  # ckpt_path=...: the checkpoint's own overrides first
         composed = check_command_line(sys.argv[1:])  # Hydra's own refusals, as one line
-        if composed is not None and not {"-c", "--cfg", "--info", "-sc", "--shell-completion"} & set(sys.argv[1:]):
-            # the run or sweep folder: writable, and this process's alone until it ends
-            claim_output_dirs(composed, multirun=bool({"-m", "--multirun"} & set(sys.argv[1:])))
+        # the run or sweep folder: writable, and this process's alone until it ends
+        claim_command_line_dirs(composed, sys.argv[1:])
     main()

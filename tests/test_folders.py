@@ -38,10 +38,14 @@ QUICK = [
 ]
 
 
-def train(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
-    """``python train.py <args>`` in the project root, its output captured."""
-    cmd = [sys.executable, "train.py", *args]
+def entry_point(script: str, *args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    """``python <script> <args>`` in the project root, its output captured."""
+    cmd = [sys.executable, script, *args]
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def train(*args: str, timeout: int = 240) -> subprocess.CompletedProcess:
+    return entry_point("train.py", *args, timeout=timeout)
 
 
 def only_line(stderr: str) -> str:
@@ -314,12 +318,6 @@ def test_a_folder_name_that_does_not_resolve_gets_one_line_before_any_job_runs(t
     assert not list(tmp_path.rglob("metrics.json"))  # no job ran
 
 
-def evaluate(*args: str, timeout: int = 120) -> subprocess.CompletedProcess:
-    """``python evaluate.py <args>`` in the project root, its output captured."""
-    cmd = [sys.executable, "evaluate.py", *args]
-    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
-
-
 @pytest.mark.parametrize("kind", ["a finished run", "a finished evaluation", "a file", "read-only", "in use"])
 def test_an_evaluation_is_refused_where_a_run_would_be(tmp_path, mounts, kind):
     """evaluate.py writes a metrics.json too: never over a finished run's record, never a
@@ -351,7 +349,7 @@ def test_an_evaluation_is_refused_where_a_run_would_be(tmp_path, mounts, kind):
         assert holder.stdout.readline().strip() == "held"
     try:
         before = listing(folder) if folder.is_dir() else None
-        out = evaluate("ckpt_path=ws_aux", f"hydra.run.dir={folder}")
+        out = entry_point("evaluate.py", "ckpt_path=ws_aux", f"hydra.run.dir={folder}", timeout=120)
     finally:
         if holder is not None:
             holder.kill()

@@ -131,6 +131,23 @@ def unresolvable(key: str, text: object, err: BaseException) -> ConfigError:
     return ConfigError(key, str(text), f"a folder name whose interpolations resolve ({reason})")
 
 
+def resolved(cfg: DictConfig, key: str, refuse: type[Exception]) -> Any:
+    """The value of ``key`` in ``cfg`` (a folder key: ``hydra.run.dir``, ``hydra.sweep.subdir``),
+    resolved.
+
+    Raises:
+        ConfigError: an interpolation error of type ``refuse`` (:func:`unresolvable`, with
+            the key's unresolved text).
+        omegaconf.errors.OmegaConfBaseException: any other resolution error, unchanged.
+    """
+    try:
+        return OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
+    except refuse as err:
+        parent, name = key.rsplit(".", 1)
+        text = OmegaConf.to_container(OmegaConf.select(cfg, parent), resolve=False)[name]
+        raise unresolvable(key, text, err) from None
+
+
 def check_output_dir(key: str, folder: Path, multirun: bool) -> None:
     """Refuse to write a run or a sweep into a folder that another process is writing to,
     that is a file, or that already holds a result. Writes nothing.
@@ -271,18 +288,14 @@ def claim_output_dirs(cfg: DictConfig, multirun: bool) -> FolderLock | None:
 
     key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
     try:
-        OmegaConf.select(cfg, key, throw_on_resolution_failure=True)
-    except InterpolationKeyError as err:  # a key that no config holds: Hydra would fail with a traceback
-        node = cfg.hydra.sweep if multirun else cfg.hydra.run
-        raise unresolvable(key, OmegaConf.to_container(node, resolve=False)["dir"], err) from None
-    except Exception:  # noqa: BLE001 - resolved by Hydra at run time (${hydra:...}, the job's number)
-        pass
-    try:
-        raw = OmegaConf.select(cfg, key, throw_on_resolution_failure=False)
+        # a key that no config holds is refused here (Hydra would fail with a traceback)
+        raw = resolved(cfg, key, refuse=InterpolationKeyError)
         node = cfg.hydra.sweep if multirun else cfg.hydra.run
         text = str(OmegaConf.to_container(node, resolve=False)["dir"])
         folder = Path(str(raw)).expanduser().resolve() if raw is not None else None
-    except Exception:  # noqa: BLE001 - a folder Hydra resolves itself: the run or the sweeper checks it
+    except ConfigError:
+        raise
+    except Exception:  # noqa: BLE001 - resolved by Hydra at run time (${hydra:...}): the run or the sweeper checks it
         return None
     if folder is None:
         return None
@@ -293,6 +306,22 @@ def claim_output_dirs(cfg: DictConfig, multirun: bool) -> FolderLock | None:
         check_output_dir(key, folder, multirun)
     check_writable_ancestor(key, folder)
     return None
+
+
+PRINT_ONLY = {"-c", "--cfg", "--info", "-sc", "--shell-completion"}  # Hydra's flags that run nothing
+
+
+def claim_command_line_dirs(composed: DictConfig | None, argv: list[str]) -> FolderLock | None:
+    """:func:`claim_output_dirs` for the command line ``argv`` of an entry point (``train.py``,
+    ``evaluate.py``), whose config :func:`check_command_line` composed: nothing for a
+    command that only prints (``--cfg``, ``--info``, ...).
+
+    Raises:
+        ConfigError: see :func:`claim_output_dirs`.
+    """
+    if composed is None or PRINT_ONLY & set(argv):
+        return None
+    return claim_output_dirs(composed, multirun=bool({"-m", "--multirun"} & set(argv)))
 
 
 def job_folder(hydra_context, config: DictConfig, overrides: list[str], idx: int) -> tuple[Path, dict[str, Any]]:
@@ -323,12 +352,9 @@ def job_folder(hydra_context, config: DictConfig, overrides: list[str], idx: int
     previous = hydra_config.cfg
     hydra_config.set_config(cfg)
     try:
-        try:
-            folder = os.path.join(str(OmegaConf.select(cfg, "hydra.sweep.dir")), str(cfg.hydra.sweep.subdir))
-        except InterpolationResolutionError as err:  # e.g. ${model.name}: no such key
-            key = "hydra.sweep.subdir" if "subdir" in str(err) else "hydra.sweep.dir"
-            text = OmegaConf.to_container(cfg.hydra.sweep, resolve=False)[key.rsplit(".", 1)[1]]
-            raise unresolvable(key, text, err) from None
+        # the job's own config: any interpolation that fails (e.g. ${model.name}) is refused
+        base, subdir = (resolved(cfg, f"hydra.sweep.{k}", InterpolationResolutionError) for k in ("dir", "subdir"))
+        folder = os.path.join(str(base), str(subdir))
         about = {
             "model": OmegaConf.select(cfg, "hydra.runtime.choices.model", default=None),
             "seed": OmegaConf.select(cfg, "seed", default=None),
